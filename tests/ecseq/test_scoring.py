@@ -1,0 +1,198 @@
+"""Scorer: batched scores with case-based explanations, on a tiny random encoder and graph."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ecseq.encoders.models import LSTMEncoder
+from ecseq.gnn import RelationGNN
+from ecseq.graph import Attachment, CompressedGraph, DenseAttacher
+from ecseq.relation import RelationModel
+from ecseq.scoring import Scorer
+
+IN_DIM, H, K, EXPLAIN = 3, 4, 8, 3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: a second thread only adds contention (the LSTM slows ~10x on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _encoder() -> LSTMEncoder:
+    torch.manual_seed(0)
+    return LSTMEncoder(IN_DIM, hidden=H).eval()
+
+
+def _gnn(layer: str = "sage_mean", seed: int = 1) -> RelationGNN:
+    torch.manual_seed(seed)
+    gnn = RelationGNN(H, H + 1, layer, hidden=6)
+    with torch.no_grad():  # as if trained: a non-zero correction on top of the encoder
+        gnn.out.weight.normal_(0, 1.0)
+        gnn.out.bias.fill_(0.1)
+    return gnn
+
+
+def _graph(seed: int = 2) -> CompressedGraph:
+    """Nodes spread around the positive orthant, so an all-negative embedding attaches to nothing."""
+    rng = np.random.default_rng(seed)
+    centroids = (np.abs(rng.normal(size=(K, H))) + rng.normal(0, 0.2, (K, H))).astype(np.float32)
+    return CompressedGraph(centroids, rng.uniform(0, 1, K).astype(np.float32), rng.integers(1, 50, K))
+
+
+def _scorer(layer: str = "sage_mean", epsilon: float = 0.5, graph: CompressedGraph | None = None) -> Scorer:
+    model = RelationModel(_graph() if graph is None else graph, _gnn(layer), Attachment(epsilon))
+    return Scorer(_encoder(), model, explain_k=EXPLAIN)
+
+
+def _windows(n: int = 6, length: int = 4, seed: int = 3) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    windows = torch.randn(n, length, IN_DIM, generator=g)
+    windows[:, :, 0] = 1.0
+    windows[0, :2] = 0.0  # a short history, left-padded
+    return windows
+
+
+def _window_graph() -> CompressedGraph:
+    """Nodes made of the encoder's own embeddings of other windows, so windows attach to them."""
+    with torch.inference_mode():
+        centroids = _encoder().embed(_windows(K, seed=9)).numpy()
+    rng = np.random.default_rng(6)
+    return CompressedGraph(centroids, rng.uniform(0, 1, K).astype(np.float32), rng.integers(1, 50, K))
+
+
+def _embeddings(seed: int = 4) -> torch.Tensor:
+    """Rows with many, few (row 1) and no (rows 2, 4) neighbours on `_graph()`."""
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randn(6, H, generator=g).abs() + 0.1 * torch.randn(6, H, generator=g)
+    emb[2] = -emb[2].abs() - 0.1
+    emb[4] = torch.tensor([1.0, -0.5, -0.5, -0.5])  # none above 0.5 either
+    return emb
+
+
+def test_scores_are_probabilities_with_fixed_shapes():
+    scorer = _scorer()
+    batch = scorer.score_windows(_windows())
+    assert batch.score.shape == batch.encoder_score.shape == batch.neighbours.shape == (6,)
+    assert batch.top_nodes.shape == batch.top_similarity.shape == batch.top_contribution.shape == (6, EXPLAIN)
+    assert batch.top_nodes.dtype == np.int64
+    for values in (batch.score, batch.encoder_score):
+        assert np.all((values >= 0) & (values <= 1)) and np.all(np.isfinite(values))
+    assert not np.allclose(batch.score, batch.encoder_score)  # the GNN does change the score
+
+
+def test_windows_path_is_encoder_then_embeddings():
+    scorer = _scorer()
+    windows = _windows()
+    with torch.inference_mode():
+        embedded = scorer.encoder.embed(windows)
+    via_windows, via_embeddings = scorer.score_windows(windows), scorer.score_embeddings(embedded)
+    np.testing.assert_allclose(via_windows.score, via_embeddings.score, rtol=1e-6)
+    np.testing.assert_array_equal(via_windows.top_nodes, via_embeddings.top_nodes)
+
+
+@pytest.mark.parametrize("layer", ["sage_mean", "sage_max", "gcn", "gat"])
+def test_batch_equals_single_events(layer):
+    scorer = _scorer(layer, epsilon=0.9, graph=_window_graph())
+    windows = _windows()
+    batch = scorer.score_windows(windows)
+    assert batch.neighbours.max() > EXPLAIN and batch.neighbours.min() < EXPLAIN
+    for i in range(len(windows)):
+        single = scorer.score_windows(windows[i:i + 1])
+        assert single.score[0] == pytest.approx(batch.score[i], abs=1e-6)
+        assert single.encoder_score[0] == pytest.approx(batch.encoder_score[i], abs=1e-6)
+        assert single.neighbours[0] == batch.neighbours[i]
+        np.testing.assert_array_equal(single.top_nodes[0], batch.top_nodes[i])
+        np.testing.assert_allclose(single.top_similarity[0], batch.top_similarity[i], atol=1e-6)
+        np.testing.assert_allclose(single.top_contribution[0], batch.top_contribution[i], atol=1e-6)
+        one, many = single.explanation(0, scorer.graph), batch.explanation(i, scorer.graph)
+        assert [e["node"] for e in one] == [e["node"] for e in many]
+        for a, b in zip(one, many):
+            assert a["contribution"] == pytest.approx(b["contribution"], abs=1e-6)
+
+
+@pytest.mark.parametrize("layer", ["sage_mean", "gat"])
+def test_explanations_are_the_strongest_real_neighbours(layer):
+    scorer = _scorer(layer, epsilon=0.6)
+    graph = scorer.graph
+    emb = _embeddings()
+    batch = scorer.score_embeddings(emb)
+    # reference: attach and take contributions independently of the scorer
+    edges = DenseAttacher(graph, Attachment(0.6))(emb)
+    with torch.no_grad():
+        _, z, coef = scorer.gnn(emb, edges, scorer.messages, scorer.encoder.score_embeddings(emb))
+        contrib = scorer.gnn.contributions(z, coef, edges, scorer.messages)
+    degree = torch.bincount(edges.row, minlength=len(emb)).numpy()
+    np.testing.assert_array_equal(batch.neighbours, degree)
+    assert degree.max() > EXPLAIN and 0 < degree[1] < EXPLAIN and degree[2] == 0
+    for i in range(len(emb)):
+        mine = edges.row == i
+        by_node = dict(zip(edges.node[mine].tolist(), zip(edges.similarity[mine].tolist(), contrib[mine].tolist())))
+        explanation = batch.explanation(i, graph)
+        assert len(explanation) == min(degree[i], EXPLAIN)
+        strongest = sorted(by_node, key=lambda n: -abs(by_node[n][1]))[:EXPLAIN]
+        assert [e["node"] for e in explanation] == strongest
+        strengths = [abs(e["contribution"]) for e in explanation]
+        assert strengths == sorted(strengths, reverse=True)
+        for entry in explanation:
+            sim, c = by_node[entry["node"]]
+            assert entry["similarity"] == pytest.approx(sim, abs=1e-6) and entry["similarity"] > 0.6
+            assert entry["contribution"] == pytest.approx(c, abs=1e-6)
+            assert entry["size"] == graph.size[entry["node"]]
+            assert entry["positive_rate"] == pytest.approx(float(graph.positive_rate[entry["node"]]))
+        padding = slice(len(explanation), EXPLAIN)
+        assert np.all(batch.top_nodes[i, padding] == -1)
+        assert np.all(batch.top_similarity[i, padding] == 0) and np.all(batch.top_contribution[i, padding] == 0)
+
+
+def test_zero_neighbour_event_gets_empty_explanation():
+    scorer = _scorer()
+    emb = _embeddings()
+    batch = scorer.score_embeddings(emb)
+    assert batch.neighbours[2] == 0
+    assert batch.explanation(2, scorer.graph) == []
+    assert np.all(batch.top_nodes[2] == -1)
+    assert 0 <= batch.score[2] <= 1
+    alone = scorer.score_embeddings(emb[2:3])
+    assert alone.neighbours.tolist() == [0] and alone.explanation(0, scorer.graph) == []
+    assert alone.score[0] == pytest.approx(batch.score[2], abs=1e-6)
+    nothing = scorer.score_embeddings(-emb.abs() - 0.1)  # a batch with no edges at all
+    assert nothing.neighbours.tolist() == [0] * 6 and np.all(nothing.top_nodes == -1)
+
+
+def test_explain_k_zero_and_large():
+    model = RelationModel(_graph(), _gnn(), Attachment(0.0))
+    emb = _embeddings()
+    none = Scorer(_encoder(), model, explain_k=0).score_embeddings(emb)
+    assert none.top_nodes.shape == (6, 0) and none.explanation(0, model.graph) == []
+    wide = Scorer(_encoder(), model, explain_k=K + 2).score_embeddings(emb)
+    for i in range(6):
+        assert len(wide.explanation(i, model.graph)) == wide.neighbours[i]
+    np.testing.assert_allclose(none.score, wide.score)
+
+
+def test_full_graph_scorer():
+    rng = np.random.default_rng(5)
+    members = np.abs(rng.normal(size=(30, H))).astype(np.float32)
+    graph = CompressedGraph.from_members(members, rng.integers(0, 2, 30))
+    gnn = _gnn()
+    attachment = Attachment(0.2, 4)
+    full = Scorer(_encoder(), RelationModel(graph, gnn, attachment, dense=False, max_neighbours=4), explain_k=EXPLAIN)
+    dense = Scorer(_encoder(), RelationModel(graph, gnn, attachment), explain_k=EXPLAIN)
+    emb = _embeddings()
+    got, want = full.score_embeddings(emb), dense.score_embeddings(emb)
+    assert np.all((got.score >= 0) & (got.score <= 1))
+    np.testing.assert_allclose(got.score, want.score, atol=1e-5)
+    np.testing.assert_array_equal(got.neighbours, want.neighbours)
+    np.testing.assert_array_equal(got.top_nodes, want.top_nodes)
+    assert got.neighbours[2] == 0 and got.neighbours.max() == 4
+    for entry in got.explanation(0, graph):
+        assert entry["size"] == 1 and entry["positive_rate"] in (0.0, 1.0)
+    # epsilon-only full graph: at most max_neighbours edges per event
+    capped = Scorer(_encoder(), RelationModel(graph, gnn, Attachment(0.0), dense=False, max_neighbours=5))
+    assert capped.score_embeddings(emb).neighbours.tolist() == [5, 5, 0, 5, 5, 5]
