@@ -39,7 +39,7 @@ def reference_embeddings(pool: np.ndarray, n: int, rng: np.random.Generator) -> 
 def relation_model(graph: CompressedGraph, dense: bool, config: RelationConfig) -> RelationModel:
     gnn = RelationGNN(graph.centroids.shape[1], graph.centroids.shape[1] + 1, config.layer)
     torch.nn.init.normal_(gnn.out.weight, std=0.1)  # a trained head is not zero; keep explanations honest
-    return RelationModel(graph, gnn.eval(), config.attachment, dense=dense, max_neighbours=config.full_graph_neighbours)
+    return RelationModel(graph, gnn.eval(), config.attachment, dense=dense, max_neighbours=config.max_neighbours)
 
 
 def main() -> int:

@@ -54,8 +54,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", choices=BACKBONES, default="lstm")
     p.add_argument("--hidden", type=int, default=32, help="embedding size (default 32)")
-    p.add_argument("--epochs", type=int, default=30, help="max encoder epochs (early stopping on val AUC)")
-    p.add_argument("--lr", type=float, default=1e-3, help="encoder learning rate")
+    p.add_argument("--epochs", type=int, default=EncoderTrainConfig().epochs,
+                   help="max encoder epochs (early stopping on val AUC)")
+    p.add_argument("--lr", type=float, default=EncoderTrainConfig().lr, help="encoder learning rate")
     p.add_argument("--compression", choices=COMPRESSIONS, default="balanced_kmeans")
     p.add_argument("--k", type=int, default=500, help="compressed nodes")
     p.add_argument("--positive-k", type=int, default=100, help="nodes for positives (balanced methods)")
@@ -84,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--methods", type=_methods, default=METHODS, help="comma-separated subset of " + ",".join(METHODS))
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--repeats", type=int, default=1, help="runs with seeds seed..seed+N-1 (mean and std)")
-    ev.add_argument("--threads", type=int, default=0, help="torch/faiss threads (0: library default)")
+    ev.add_argument("--threads", type=int, default=0, help="torch and faiss threads (0: torch default, faiss 1)")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(run=cmd_evaluate)
     return parser
@@ -132,7 +133,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     config = experiment_config(args)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-        faiss.omp_set_num_threads(args.threads)
+    # faiss's OpenMP threads fight torch's for the same cores; one is as fast here (bench/)
+    faiss.omp_set_num_threads(args.threads or 1)
     name, table = load_table(args)
     dataset = {"name": name, **table.describe()}
     print(f"data: {name}: {dataset['users']} users, {dataset['events']} events, {dataset['labelled']} labelled, "

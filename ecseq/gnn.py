@@ -2,7 +2,7 @@
 
 Layers, all in plain torch: GraphSAGE-mean (default), GraphSAGE-max, GCN and GAT. Each layer
 splits its work into `node_messages` (depends only on node features, so a server computes it once
-per artifact) and `forward` (per batch, over an edge list). `forward` also returns the coefficient every edge's
+per artifact) and `forward` (per batch, over each new node's neighbour slots). `forward` also returns the coefficient every slot's
 message got, which makes per-neighbour contributions to the score exact for the linear
 aggregators, hence the case-based explanations.
 
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ecseq.graph import Edges
+from ecseq.graph import Neighbours
 
 LAYERS = ("sage_mean", "sage_max", "gcn", "gat")
 
@@ -26,10 +26,9 @@ def _pad(h: torch.Tensor, width: int) -> torch.Tensor:
     return F.pad(h, (0, width - h.shape[1])) if width > h.shape[1] else h
 
 
-def _weighted_sum(edges: Edges, coef: torch.Tensor, messages: torch.Tensor) -> torch.Tensor:
-    """sum over each new node's edges of coef * message -> (B, H)."""
-    out = messages.new_zeros(edges.size, messages.shape[1])
-    return out.index_add_(0, edges.row, messages[edges.node] * coef.unsqueeze(1))
+def _weighted_sum(nbrs: Neighbours, coef: torch.Tensor, messages: torch.Tensor) -> torch.Tensor:
+    """sum over each new node's slots of coef * message -> (B, H)."""
+    return torch.bmm(coef.unsqueeze(1), messages[nbrs.index]).squeeze(1)
 
 
 class SageMean(nn.Module):
@@ -41,9 +40,9 @@ class SageMean(nn.Module):
     def node_messages(self, node_x: torch.Tensor) -> torch.Tensor:
         return self.nbr_lin(node_x)
 
-    def forward(self, h, edges: Edges, messages):
-        coef = (1.0 / edges.degree.clamp(min=1.0))[edges.row]
-        return self.self_lin(h) + _weighted_sum(edges, coef, messages), coef
+    def forward(self, h, nbrs: Neighbours, messages):
+        coef = nbrs.weight / nbrs.degree.clamp(min=1.0).unsqueeze(1)
+        return self.self_lin(h) + _weighted_sum(nbrs, coef, messages), coef
 
 
 class SageMax(nn.Module):
@@ -55,12 +54,12 @@ class SageMax(nn.Module):
     def node_messages(self, node_x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.pool(node_x))
 
-    def forward(self, h, edges: Edges, messages):
-        per_edge = messages[edges.node]
-        # messages are >= 0, so a zero start is the identity of max and "no neighbour" gives 0
-        agg = per_edge.new_zeros(edges.size, per_edge.shape[1]).index_reduce_(0, edges.row, per_edge, "amax")
-        won = ((per_edge == agg[edges.row]) & (per_edge > 0)).to(h.dtype)  # (E, H)
-        return self.self_lin(h) + agg, won
+    def forward(self, h, nbrs: Neighbours, messages):
+        # messages are >= 0, so zeroing empty slots keeps them out of the max; no edge gives 0
+        per_slot = messages[nbrs.index] * nbrs.weight.unsqueeze(2)
+        agg, winner = per_slot.max(dim=1)
+        won = F.one_hot(winner, per_slot.shape[1]).transpose(1, 2).to(h.dtype) * (agg > 0).unsqueeze(1)
+        return self.self_lin(h) + agg, won  # won (B, M, H): which slot gave each dimension
 
 
 class GCN(nn.Module):
@@ -75,11 +74,11 @@ class GCN(nn.Module):
     def node_messages(self, node_x: torch.Tensor) -> torch.Tensor:
         return self.lin(node_x)
 
-    def forward(self, h, edges: Edges, messages):
-        norm = 1.0 / (edges.degree + 1.0)
-        coef = norm[edges.row]
-        own = self.lin(_pad(h, self.node_dim)) * norm.unsqueeze(1)
-        return own + _weighted_sum(edges, coef, messages) + self.bias, coef
+    def forward(self, h, nbrs: Neighbours, messages):
+        norm = 1.0 / (nbrs.degree + 1.0).unsqueeze(1)
+        coef = nbrs.weight * norm
+        own = self.lin(_pad(h, self.node_dim)) * norm
+        return own + _weighted_sum(nbrs, coef, messages) + self.bias, coef
 
 
 class GAT(nn.Module):
@@ -96,17 +95,14 @@ class GAT(nn.Module):
     def node_messages(self, node_x: torch.Tensor) -> torch.Tensor:
         return self.lin(node_x)
 
-    def forward(self, h, edges: Edges, messages):
+    def forward(self, h, nbrs: Neighbours, messages):
         own = self.lin(_pad(h, self.node_dim))
-        dst = own @ self.att_dst
-        e_self = F.leaky_relu(dst + own @ self.att_src, 0.2)
-        e_edge = F.leaky_relu(dst[edges.row] + (messages @ self.att_src)[edges.node], 0.2)
-        top = e_self.index_reduce(0, edges.row, e_edge, "amax")  # per-node max for a stable softmax
-        w_self = torch.exp(e_self - top)
-        w_edge = torch.exp(e_edge - top[edges.row])
-        denom = w_self.index_add(0, edges.row, w_edge)
-        coef = w_edge / denom[edges.row]
-        return (w_self / denom).unsqueeze(1) * own + _weighted_sum(edges, coef, messages) + self.bias, coef
+        dst = (own @ self.att_dst).unsqueeze(1)
+        scores = torch.cat([dst + (own @ self.att_src).unsqueeze(1), dst + (messages @ self.att_src)[nbrs.index]], 1)
+        present = torch.cat([torch.ones_like(dst), nbrs.weight], 1) > 0
+        alpha = torch.softmax(F.leaky_relu(scores, 0.2).masked_fill(~present, float("-inf")), dim=1)
+        coef = alpha[:, 1:]
+        return alpha[:, :1] * own + _weighted_sum(nbrs, coef, messages) + self.bias, coef
 
 
 _LAYER_TYPES = {"sage_mean": SageMean, "sage_max": SageMax, "gcn": GCN, "gat": GAT}
@@ -129,20 +125,20 @@ class RelationGNN(nn.Module):
     def node_messages(self, node_x: torch.Tensor) -> torch.Tensor:
         return self.layer.node_messages(node_x)
 
-    def forward(self, h: torch.Tensor, edges: Edges, messages: torch.Tensor,
+    def forward(self, h: torch.Tensor, nbrs: Neighbours, messages: torch.Tensor,
                 base_logit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> (logits (B,), pre-activation z (B, H), per-edge coefficients)."""
-        z, coef = self.layer(h, edges, messages)
+        """-> (logits (B,), pre-activation z (B, H), per-slot coefficients)."""
+        z, coef = self.layer(h, nbrs, messages)
         logit = self.out(F.relu(z)).squeeze(-1)
         if self.config["residual"]:
             logit = logit + base_logit
         return logit, z, coef
 
-    def contributions(self, z: torch.Tensor, coef: torch.Tensor, edges: Edges,
+    def contributions(self, z: torch.Tensor, coef: torch.Tensor, nbrs: Neighbours,
                       messages: torch.Tensor) -> torch.Tensor:
-        """Each edge's additive share of its node's logit, (E,); exact to first order."""
-        u = (self.out.weight[0] * (z > 0))[edges.row]
-        per_dim = u * messages[edges.node]
-        if coef.dim() == 2:  # max pooling: an edge contributes on the dimensions it won
-            return (per_dim * coef).sum(1)
-        return per_dim.sum(1) * coef
+        """Each slot's additive share of its node's logit, (B, M); exact to first order."""
+        u = self.out.weight[0] * (z > 0)  # (B, H)
+        per_dim = messages[nbrs.index] * u.unsqueeze(1)  # (B, M, H)
+        if coef.dim() == 3:  # max pooling: a slot contributes on the dimensions it won
+            return (per_dim * coef).sum(2)
+        return per_dim.sum(2) * coef

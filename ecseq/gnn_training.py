@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +20,6 @@ from tqdm import tqdm
 
 from ecseq.evaluation.metrics import roc_auc
 from ecseq.gnn import RelationGNN
-from ecseq.graph import DenseAttacher, Edges
 
 
 @dataclass(frozen=True)
@@ -61,15 +59,6 @@ class GNNTrainResult:
     seconds: float
 
 
-def edge_source(attacher, embeddings: torch.Tensor) -> Callable[[torch.Tensor], Edges]:
-    """Edges of any subset of `embeddings`: attached on the fly for a compressed graph (cheap),
-    searched once up front through a faiss index for the full graph (where search is the cost)."""
-    if isinstance(attacher, DenseAttacher):
-        return lambda idx: attacher(embeddings[idx])
-    every = attacher(embeddings)
-    return every.take
-
-
 def train_gnn(model: RelationGNN, node_x: torch.Tensor, train: Labelled, train_attacher, val: Labelled,
               val_attacher, config: GNNTrainConfig = GNNTrainConfig(), align: Labelled | None = None) -> GNNTrainResult:
     """Train in place; keeps the weights of the best validation-AUC epoch."""
@@ -77,9 +66,10 @@ def train_gnn(model: RelationGNN, node_x: torch.Tensor, train: Labelled, train_a
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
-    train_edges = edge_source(train_attacher, train.embeddings)
-    val_edges = val_attacher(val.embeddings) if len(val) else None
-    align_edges = train_attacher(align.embeddings) if align is not None and config.align_weight > 0 else None
+    # the encoder is frozen and the graph fixed, so every sequence's neighbours are found once
+    train_nbrs = train_attacher(train.embeddings)
+    val_nbrs = val_attacher(val.embeddings) if len(val) else None
+    align_nbrs = train_attacher(align.embeddings) if align is not None and config.align_weight > 0 else None
     best_auc, best_epoch, best_state, epoch = -1.0, -1, copy.deepcopy(model.state_dict()), -1
     bar = tqdm(range(config.epochs), desc="gnn", unit="epoch", disable=not config.progress, leave=False)
     for epoch in bar:
@@ -88,19 +78,19 @@ def train_gnn(model: RelationGNN, node_x: torch.Tensor, train: Labelled, train_a
         for start in range(0, len(order), config.batch_size):
             idx = torch.from_numpy(order[start:start + config.batch_size])
             messages = model.node_messages(node_x)
-            logit, _, _ = model(train.embeddings[idx], train_edges(idx), messages, train.base_logits[idx])
+            logit, _, _ = model(train.embeddings[idx], train_nbrs.take(idx), messages, train.base_logits[idx])
             loss = F.binary_cross_entropy_with_logits(logit, train.labels[idx])
-            if align_edges is not None:
-                a_logit, _, _ = model(align.embeddings, align_edges, messages, align.base_logits)
+            if align_nbrs is not None:
+                a_logit, _, _ = model(align.embeddings, align_nbrs, messages, align.base_logits)
                 loss = loss + config.align_weight * F.binary_cross_entropy_with_logits(a_logit, align.labels)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-        if val_edges is None:
+        if val_nbrs is None:
             continue
         model.eval()
         with torch.inference_mode():
-            logit, _, _ = model(val.embeddings, val_edges, model.node_messages(node_x), val.base_logits)
+            logit, _, _ = model(val.embeddings, val_nbrs, model.node_messages(node_x), val.base_logits)
         val_auc = roc_auc(val.labels.numpy(), logit.numpy())
         bar.set_postfix(val_auc=f"{val_auc:.4f}")
         if val_auc > best_auc + 1e-5:

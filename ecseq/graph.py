@@ -2,10 +2,10 @@
 
 A compressed node stands for a cluster of training sequences: its feature is the members' mean
 embedding, with their positive rate and count kept for the GNN and for explanations. New nodes
-get directed edges *from* graph nodes whose cosine similarity passes epsilon (or from their top-k
-most similar nodes); new nodes never link to each other, so a batch scores exactly like single
-events. The same attachment also serves the full-graph baseline, where every training sequence
-is its own node and a faiss index does the search.
+get directed edges *from* their most similar graph nodes (top-k, above a cosine threshold);
+new nodes never link to each other, so a batch scores exactly like single events. The same
+attachment also serves the full-graph baseline, where every training sequence is its own node
+and a faiss index does the search.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import faiss
+import numba
 import numpy as np
 import torch
 
@@ -56,9 +57,10 @@ class CompressedGraph:
 
 @dataclass(frozen=True)
 class Attachment:
-    """Edge rule: every node with cosine > epsilon, kept to the top_k most similar if top_k is set.
+    """Edge rule: the top_k most similar nodes whose cosine similarity is above epsilon.
 
-    epsilon = -1 with a top_k gives pure top-k attachment.
+    epsilon = -1 gives pure top-k; top_k = None keeps every node above epsilon, up to the
+    attacher's `max_neighbours` (so the cost of one event stays bounded whatever the data).
     """
 
     epsilon: float = 0.99
@@ -70,43 +72,39 @@ class Attachment:
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
 
+    def slots(self, max_neighbours: int) -> int:
+        return self.top_k if self.top_k is not None else max_neighbours
+
     def describe(self) -> str:
         rule = f"cos>{self.epsilon:g}" if self.epsilon > -1 else "any"
         return rule if self.top_k is None else f"{rule}, top-{self.top_k}"
 
 
 @dataclass(frozen=True)
-class Edges:
-    """Directed edges graph node -> new node for a batch of `size` new nodes, sorted by row.
+class Neighbours:
+    """Edges node -> new node for a batch of B new nodes, as M slots per new node.
 
-    An edge list (not a dense B x K mask) so the cost follows the number of edges, which is what
-    keeps single-event latency low and lets the compressed and the full graph share one GNN.
+    Slot m of row b holds graph node index[b, m] when weight[b, m] is 1; empty slots have
+    weight 0 (and index 0). Slots are ordered by decreasing similarity.
     """
 
-    size: int
-    row: torch.Tensor  # (E,) int64, index of the new node in the batch, ascending
-    node: torch.Tensor  # (E,) int64, graph node
-    similarity: torch.Tensor  # (E,) float32
+    index: torch.Tensor  # (B, M) int64
+    similarity: torch.Tensor  # (B, M) float32
+    weight: torch.Tensor  # (B, M) float32, 1.0 = edge
+
+    @classmethod
+    def from_search(cls, sim: np.ndarray, idx: np.ndarray, epsilon: float) -> Neighbours:
+        valid = (idx >= 0) & (sim > epsilon)
+        return cls(torch.from_numpy(np.where(valid, idx, 0).astype(np.int64)),
+                   torch.from_numpy(np.where(valid, sim, 0.0).astype(np.float32)),
+                   torch.from_numpy(valid.astype(np.float32)))
 
     @property
     def degree(self) -> torch.Tensor:
-        return torch.bincount(self.row, minlength=self.size).to(torch.float32)
+        return self.weight.sum(1)
 
-    @classmethod
-    def from_candidates(cls, node: torch.Tensor, sim: torch.Tensor, valid: torch.Tensor) -> Edges:
-        """From (B, M) candidate matrices and a validity mask."""
-        row, slot = torch.nonzero(valid, as_tuple=True)
-        return cls(valid.shape[0], row, node[row, slot], sim[row, slot])
-
-    def take(self, rows: torch.Tensor) -> Edges:
-        """The edges of a subset of the new nodes, renumbered 0..len(rows)-1."""
-        counts = torch.bincount(self.row, minlength=self.size)
-        starts = torch.cumsum(counts, 0) - counts
-        picked = counts[rows]
-        offsets = torch.arange(int(picked.sum())) - torch.repeat_interleave(torch.cumsum(picked, 0) - picked, picked)
-        source = torch.repeat_interleave(starts[rows], picked) + offsets
-        return Edges(len(rows), torch.repeat_interleave(torch.arange(len(rows)), picked),
-                     self.node[source], self.similarity[source])
+    def take(self, rows: torch.Tensor) -> Neighbours:
+        return Neighbours(self.index[rows], self.similarity[rows], self.weight[rows])
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -114,28 +112,80 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+@numba.njit(cache=True, nogil=True, fastmath=True, inline="always")
+def top_k_row(row: np.ndarray, values: np.ndarray, index: np.ndarray, maxima: np.ndarray) -> None:
+    """Fill values/index (length k, preset to -inf / -1) with the k largest entries of `row`,
+    largest first. A first pass over the maxima of chunks of 8 (scratch space `maxima`) gives a
+    floor, the k-th largest chunk maximum, below which nothing can make the cut, so the second
+    pass inserts only a few values."""
+    k, cols = len(values), len(row)
+    chunks = min(cols // 8, len(maxima))
+    floor = -np.inf
+    if chunks >= 2 * k:
+        for c in range(chunks):
+            m = row[8 * c]
+            for j in range(8 * c + 1, 8 * c + 8):
+                m = max(m, row[j])
+            maxima[c] = m
+        for c in range(chunks):
+            if maxima[c] > values[k - 1]:
+                _insert(values, index, maxima[c], -1)
+        floor = values[k - 1]
+        values[:] = -np.inf
+    for j in range(cols):
+        v = row[j]
+        if v < floor or v <= values[k - 1]:
+            continue
+        _insert(values, index, v, j)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _insert(values: np.ndarray, index: np.ndarray, v: float, j: int) -> None:
+    p = len(values) - 1
+    while p > 0 and values[p - 1] < v:
+        values[p] = values[p - 1]
+        index[p] = index[p - 1]
+        p -= 1
+    values[p] = v
+    index[p] = j
+
+
+@numba.njit(cache=True, nogil=True)
+def top_k_rows(sim: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the k largest values and their columns, largest first (-inf / -1 past the end).
+
+    About 4x faster than torch.topk for k = 10 of 500, which is most of the cost of attaching a
+    batch to the compressed graph.
+    """
+    rows, cols = sim.shape
+    k = max(1, min(k, cols))
+    values = np.full((rows, k), -np.inf, dtype=np.float32)
+    index = np.full((rows, k), -1, dtype=np.int64)
+    maxima = np.empty(cols // 8, dtype=np.float32)
+    for b in range(rows):
+        top_k_row(sim[b], values[b], index[b], maxima)
+    return values, index
+
+
 class DenseAttacher:
     """Compares against every node with one (B, d) x (d, K) product: right for K in the hundreds."""
 
-    def __init__(self, graph: CompressedGraph, attachment: Attachment) -> None:
+    def __init__(self, graph: CompressedGraph, attachment: Attachment, max_neighbours: int = 64) -> None:
         self.nodes_t = torch.from_numpy(normalise(graph.centroids)).T.contiguous()
         self.attachment = attachment
+        self.slots = attachment.slots(max_neighbours)
 
-    def __call__(self, embeddings: torch.Tensor) -> Edges:
-        sim = torch.nn.functional.normalize(embeddings, dim=1) @ self.nodes_t
-        top_k = self.attachment.top_k
-        if top_k is None or top_k >= sim.shape[1]:
-            row, node = torch.nonzero(sim > self.attachment.epsilon, as_tuple=True)
-            return Edges(sim.shape[0], row, node, sim[row, node])
-        best = sim.topk(top_k, dim=1)
-        return Edges.from_candidates(best.indices, best.values, best.values > self.attachment.epsilon)
+    def __call__(self, embeddings: torch.Tensor) -> Neighbours:
+        sim = torch.nn.functional.normalize(embeddings.detach(), dim=1) @ self.nodes_t
+        values, index = top_k_rows(sim.numpy(), self.slots)
+        return Neighbours.from_search(values, index, self.attachment.epsilon)
 
 
 class IndexAttacher:
     """Attaches through a faiss inner-product index: the full-graph baseline over N nodes.
 
-    Keeps at most top_k (else `max_neighbours`) most similar nodes above epsilon; exhaustive (flat)
-    search, so the cost is the honest cost of looking at all N training sequences.
+    Same rule as DenseAttacher; exhaustive (flat) search, so the cost is the honest cost of
+    looking at all N training sequences.
     """
 
     def __init__(self, graph: CompressedGraph, attachment: Attachment, max_neighbours: int = 64,
@@ -143,10 +193,10 @@ class IndexAttacher:
         self.index = faiss.IndexFlatIP(graph.centroids.shape[1])
         self.index.add(normalise(graph.centroids))
         self.attachment = attachment
-        self.slots = attachment.top_k if attachment.top_k is not None else max_neighbours
+        self.slots = attachment.slots(max_neighbours)
         self.exclude_self = exclude_self
 
-    def __call__(self, embeddings: torch.Tensor) -> Edges:
+    def __call__(self, embeddings: torch.Tensor) -> Neighbours:
         query = normalise(embeddings.detach().numpy())
         extra = int(self.exclude_self)
         sim, idx = self.index.search(query, self.slots + extra)
@@ -155,5 +205,4 @@ class IndexAttacher:
             own = idx == np.arange(len(idx))[:, None]
             own[:, -1] |= ~own.any(1)  # own node not among the hits (many ties): drop the weakest
             sim, idx = sim[~own].reshape(len(idx), self.slots), idx[~own].reshape(len(idx), self.slots)
-        sim_t, idx_t = torch.from_numpy(sim), torch.from_numpy(idx)
-        return Edges.from_candidates(idx_t, sim_t, (idx_t >= 0) & (sim_t > self.attachment.epsilon))
+        return Neighbours.from_search(sim, idx, self.attachment.epsilon)

@@ -30,12 +30,14 @@ class RelationConfig:
     k: int = 500
     positive_k: int = 100
     layer: str = "sage_mean"
-    attachment: Attachment = Attachment()
+    # Measured on the synthetic set (README, ablation): top-10 beats cos > 0.99, which leaves
+    # events without neighbours and links an under-trained encoder's events to most nodes.
+    attachment: Attachment = Attachment(epsilon=-1.0, top_k=10)
     residual: bool = True
     use_label_rate: bool = True
     centroids: str = "disjoint"
     gnn: GNNTrainConfig = field(default_factory=GNNTrainConfig)
-    full_graph_neighbours: int = 64
+    max_neighbours: int = 64  # edge cap per new node when no top_k is set
 
 
 @dataclass
@@ -85,7 +87,7 @@ def fit_compressed(encoder: SequenceEncoder, embeddings: np.ndarray, labels: np.
     graph = CompressedGraph.from_assignment(embeddings[graph_idx], labels[graph_idx], assign)
     compressed = time.perf_counter()
     gnn = _new_gnn(embeddings.shape[1], config)
-    attacher = DenseAttacher(graph, config.attachment)
+    attacher = DenseAttacher(graph, config.attachment, config.max_neighbours)
     train = Labelled.of(embeddings[train_idx], encoder_logits(encoder, embeddings[train_idx]), labels[train_idx])
     align = Labelled.of(graph.centroids, encoder_logits(encoder, graph.centroids), graph.positive_rate)
     node_x = torch.from_numpy(graph.node_features(config.use_label_rate))
@@ -100,10 +102,10 @@ def fit_full_graph(encoder: SequenceEncoder, embeddings: np.ndarray, labels: np.
     started = time.perf_counter()
     graph = CompressedGraph.from_members(embeddings, labels)
     gnn = _new_gnn(embeddings.shape[1], config)
-    own = IndexAttacher(graph, config.attachment, config.full_graph_neighbours, exclude_self=True)
-    other = IndexAttacher(graph, config.attachment, config.full_graph_neighbours)
+    own = IndexAttacher(graph, config.attachment, config.max_neighbours, exclude_self=True)
+    other = IndexAttacher(graph, config.attachment, config.max_neighbours)
     train = Labelled.of(embeddings, encoder_logits(encoder, embeddings), labels)
     node_x = torch.from_numpy(graph.node_features(config.use_label_rate))
     train_gnn(gnn, node_x, train, own, val, other, config.gnn)
-    return RelationModel(graph, gnn, config.attachment, dense=False, max_neighbours=config.full_graph_neighbours,
+    return RelationModel(graph, gnn, config.attachment, dense=False, max_neighbours=config.max_neighbours,
                          stage_seconds={"gnn": time.perf_counter() - started})

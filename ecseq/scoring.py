@@ -1,8 +1,8 @@
 """Scorer: windows of featurised events in, scores with case-based explanations out, batched.
 
 Everything that depends only on the artifact (normalised node matrix, node messages) is computed
-once at construction, so a batch costs one encoder pass, one (B, d) x (d, K) similarity product,
-one aggregation and a top-k for the explanation.
+once at construction, so a batch costs one encoder pass, one (B, d) x (d, K) similarity product
+and, for the default model, one compiled pass (serving_kernels) for the rest.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import numpy as np
 import torch
 
 from ecseq.encoders.models import SequenceEncoder
-from ecseq.graph import CompressedGraph, DenseAttacher, Edges, IndexAttacher
+from ecseq.graph import CompressedGraph, DenseAttacher, IndexAttacher
 from ecseq.relation import RelationModel
+from ecseq.serving_kernels import sage_mean_scores
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,17 @@ class Scorer:
         self.graph = model.graph
         self.explain_k = explain_k
         if model.dense:
-            self.attach = DenseAttacher(model.graph, model.attachment)
+            self.attach = DenseAttacher(model.graph, model.attachment, model.max_neighbours)
         else:
             self.attach = IndexAttacher(model.graph, model.attachment, model.max_neighbours)
         with torch.inference_mode():
             node_x = torch.from_numpy(model.graph.node_features(self.gnn.config["use_label_rate"]))
             self.messages = self.gnn.node_messages(node_x)
+        self.fused = model.dense and self.gnn.config["layer"] == "sage_mean"
+        if self.fused:
+            self._messages_np = self.messages.numpy()
+            self._out_w = self.gnn.out.weight.detach()[0].numpy().copy()
+            self._out_b = float(self.gnn.out.bias.detach()[0])
 
     @torch.inference_mode()
     def score_windows(self, windows: torch.Tensor) -> ScoreBatch:
@@ -58,34 +64,35 @@ class Scorer:
     @torch.inference_mode()
     def score_embeddings(self, embeddings: torch.Tensor) -> ScoreBatch:
         base = self.encoder.score_embeddings(embeddings)
-        edges = self.attach(embeddings)
-        logit, z, coef = self.gnn(embeddings, edges, self.messages, base)
-        contrib = self.gnn.contributions(z, coef, edges, self.messages)
-        slot, keep = _top_per_row(edges, contrib.abs(), self.explain_k)
-        size = (edges.size, self.explain_k)
+        if self.fused:
+            return self._score_fused(embeddings, base)
+        nbrs = self.attach(embeddings)
+        logit, z, coef = self.gnn(embeddings, nbrs, self.messages, base)
+        contrib = self.gnn.contributions(z, coef, nbrs, self.messages)
+        k = min(self.explain_k, contrib.shape[1])
+        top = (contrib.abs() * nbrs.weight - (1.0 - nbrs.weight)).topk(k, dim=1)  # empty slots rank last
+        has_edge = nbrs.weight.gather(1, top.indices) > 0
         return ScoreBatch(
             score=torch.sigmoid(logit).numpy(),
             encoder_score=torch.sigmoid(base).numpy(),
-            neighbours=torch.bincount(edges.row, minlength=edges.size).numpy(),
-            top_nodes=_scatter(size, edges.row[keep], slot, edges.node[keep], -1).numpy(),
-            top_similarity=_scatter(size, edges.row[keep], slot, edges.similarity[keep], 0.0).numpy(),
-            top_contribution=_scatter(size, edges.row[keep], slot, contrib[keep], 0.0).numpy(),
+            neighbours=nbrs.degree.to(torch.int64).numpy(),
+            top_nodes=torch.where(has_edge, nbrs.index.gather(1, top.indices), -1).numpy(),
+            top_similarity=torch.where(has_edge, nbrs.similarity.gather(1, top.indices), 0.0).numpy(),
+            top_contribution=torch.where(has_edge, contrib.gather(1, top.indices), 0.0).numpy(),
         )
 
+    def _score_fused(self, embeddings: torch.Tensor, base: torch.Tensor) -> ScoreBatch:
+        """The default model's hot path: same numbers as the torch modules, one compiled pass."""
+        sim = (embeddings @ self.attach.nodes_t).numpy()  # cosine up to a per-row scale, kept for later
+        inv_norm = 1.0 / np.maximum(np.linalg.norm(embeddings.numpy(), axis=1), 1e-12)
+        own = self.gnn.layer.self_lin(embeddings).numpy()
+        base_np = base.numpy()
+        added = base_np if self.gnn.config["residual"] else np.zeros_like(base_np)
+        logits, degree, nodes, sims, contrib = sage_mean_scores(
+            sim, inv_norm.astype(np.float32), self.attach.slots, self.attach.attachment.epsilon, own, added,
+            self._messages_np, self._out_w, self._out_b, self.explain_k)
+        return ScoreBatch(_sigmoid(logits), _sigmoid(base_np), degree, nodes, sims, contrib)
 
-def _top_per_row(edges: Edges, strength: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rank edges within their row by strength: -> (rank of each kept edge, kept edge ids)."""
-    # rows ascending, then strength descending: one sort on a combined key (strength scaled below 1)
-    key = edges.row.to(torch.float64) - strength.to(torch.float64) / (float(strength.max()) + 1.0 if len(strength) else 1.0)
-    order = torch.argsort(key)
-    counts = torch.bincount(edges.row, minlength=edges.size)
-    rank = torch.arange(len(order)) - (torch.cumsum(counts, 0) - counts)[edges.row[order]]
-    kept = rank < k
-    return rank[kept], order[kept]
 
-
-def _scatter(size: tuple[int, int], row: torch.Tensor, slot: torch.Tensor, values: torch.Tensor,
-             fill: float) -> torch.Tensor:
-    out = torch.full(size, fill, dtype=values.dtype)
-    out[row, slot] = values
-    return out
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)

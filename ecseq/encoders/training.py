@@ -18,11 +18,11 @@ from ecseq.sequences import SequenceWindows
 
 @dataclass(frozen=True)
 class EncoderTrainConfig:
-    epochs: int = 30
-    batch_size: int = 256
-    lr: float = 1e-3
+    epochs: int = 20
+    batch_size: int = 512
+    lr: float = 2e-3
     weight_decay: float = 0.0
-    patience: int = 4
+    patience: int = 3
     seed: int = 0
     progress: bool = True
 

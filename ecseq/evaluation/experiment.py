@@ -128,7 +128,7 @@ def run_experiment(table: EventTable, split: Split, config: ExperimentConfig, se
         model = fit(encoder, fit_emb, fit_y, val, relation)
         results[name] = _score_relation(encoder, model, windows, split.test, time.perf_counter() - started)
 
-    info = {"encoder_rows": len(encoder_rows), "fit_rows": len(fit_rows), "feature_dim": spec.dim,
+    info = {"train_rows": len(split.train), "encoder_rows": len(encoder_rows), "fit_rows": len(fit_rows), "feature_dim": spec.dim,
             "encoder_best_val_auc": trained.best_val_auc, "encoder_epochs": len(trained.history)}
     return RunResult(y_test, {m: results[m] for m in config.methods if m in results}, info)
 
