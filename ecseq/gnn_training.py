@@ -70,7 +70,10 @@ def train_gnn(model: RelationGNN, node_x: torch.Tensor, train: Labelled, train_a
     train_nbrs = train_attacher(train.embeddings)
     val_nbrs = val_attacher(val.embeddings) if len(val) else None
     align_nbrs = train_attacher(align.embeddings) if align is not None and config.align_weight > 0 else None
-    best_auc, best_epoch, best_state, epoch = -1.0, -1, copy.deepcopy(model.state_dict()), -1
+    # Start from the untrained model's validation AUC (with residual: exactly the encoder's), so
+    # a GNN that never beats it on validation is not kept.
+    best_auc, best_epoch, best_state = _val_auc(model, node_x, val, val_nbrs), -1, copy.deepcopy(model.state_dict())
+    epoch = -1
     bar = tqdm(range(config.epochs), desc="gnn", unit="epoch", disable=not config.progress, leave=False)
     for epoch in bar:
         model.train()
@@ -88,16 +91,21 @@ def train_gnn(model: RelationGNN, node_x: torch.Tensor, train: Labelled, train_a
             optimiser.step()
         if val_nbrs is None:
             continue
-        model.eval()
-        with torch.inference_mode():
-            logit, _, _ = model(val.embeddings, val_nbrs, model.node_messages(node_x), val.base_logits)
-        val_auc = roc_auc(val.labels.numpy(), logit.numpy())
+        val_auc = _val_auc(model, node_x, val, val_nbrs)
         bar.set_postfix(val_auc=f"{val_auc:.4f}")
         if val_auc > best_auc + 1e-5:
             best_auc, best_epoch, best_state = val_auc, epoch, copy.deepcopy(model.state_dict())
         elif epoch - best_epoch >= config.patience:
             break
-    if best_epoch >= 0:
-        model.load_state_dict(best_state)
+    model.load_state_dict(best_state)
     model.eval()
     return GNNTrainResult(best_epoch, best_auc, epoch + 1, time.perf_counter() - started)
+
+
+def _val_auc(model: RelationGNN, node_x: torch.Tensor, val: Labelled, val_nbrs) -> float:
+    if val_nbrs is None:
+        return -1.0
+    model.eval()
+    with torch.inference_mode():
+        logit, _, _ = model(val.embeddings, val_nbrs, model.node_messages(node_x), val.base_logits)
+    return roc_auc(val.labels.numpy(), logit.numpy())

