@@ -73,6 +73,8 @@ class Attachment:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
 
     def slots(self, max_neighbours: int) -> int:
+        if max_neighbours < 1:
+            raise ValueError(f"max_neighbours must be >= 1, got {max_neighbours}")
         return self.top_k if self.top_k is not None else max_neighbours
 
     def describe(self) -> str:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from ecseq.encoders.models import SequenceEncoder
 from ecseq.graph import CompressedGraph, DenseAttacher, IndexAttacher
@@ -72,13 +73,14 @@ class Scorer:
         k = min(self.explain_k, contrib.shape[1])
         top = (contrib.abs() * nbrs.weight - (1.0 - nbrs.weight)).topk(k, dim=1)  # empty slots rank last
         has_edge = nbrs.weight.gather(1, top.indices) > 0
+        width = (0, self.explain_k - k)  # same (B, explain_k) shape as the fused path
         return ScoreBatch(
             score=torch.sigmoid(logit).numpy(),
             encoder_score=torch.sigmoid(base).numpy(),
             neighbours=nbrs.degree.to(torch.int64).numpy(),
-            top_nodes=torch.where(has_edge, nbrs.index.gather(1, top.indices), -1).numpy(),
-            top_similarity=torch.where(has_edge, nbrs.similarity.gather(1, top.indices), 0.0).numpy(),
-            top_contribution=torch.where(has_edge, contrib.gather(1, top.indices), 0.0).numpy(),
+            top_nodes=F.pad(torch.where(has_edge, nbrs.index.gather(1, top.indices), -1), width, value=-1).numpy(),
+            top_similarity=F.pad(torch.where(has_edge, nbrs.similarity.gather(1, top.indices), 0.0), width).numpy(),
+            top_contribution=F.pad(torch.where(has_edge, contrib.gather(1, top.indices), 0.0), width).numpy(),
         )
 
     def _score_fused(self, embeddings: torch.Tensor, base: torch.Tensor) -> ScoreBatch:
@@ -95,4 +97,4 @@ class Scorer:
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
+    return (1.0 / (1.0 + np.exp(-np.clip(x, -80.0, 80.0)))).astype(np.float32)

@@ -220,14 +220,11 @@ def _assert_same_batch(fused: ScoreBatch, generic: ScoreBatch, graph: Compressed
     np.testing.assert_allclose(fused.score, generic.score, atol=1e-5)
     np.testing.assert_allclose(fused.encoder_score, generic.encoder_score, atol=1e-6)
     np.testing.assert_array_equal(fused.neighbours, generic.neighbours)
-    width = min(fused.top_nodes.shape[1], generic.top_nodes.shape[1])
+    assert fused.top_nodes.shape == generic.top_nodes.shape == (len(fused.score), explain_k)
+    width = explain_k
     np.testing.assert_array_equal(fused.top_nodes[:, :width], generic.top_nodes[:, :width])
     np.testing.assert_allclose(fused.top_similarity[:, :width], generic.top_similarity[:, :width], atol=1e-5)
     np.testing.assert_allclose(fused.top_contribution[:, :width], generic.top_contribution[:, :width], atol=1e-5)
-    for batch in (fused, generic):  # whichever is wider (see the xfail below) holds only padding past `width`
-        assert batch.top_nodes.shape[1] <= explain_k
-        assert np.all(batch.top_nodes[:, width:] == -1)
-        assert np.all(batch.top_similarity[:, width:] == 0) and np.all(batch.top_contribution[:, width:] == 0)
     for i in range(len(fused.score)):
         a, b = fused.explanation(i, graph), generic.explanation(i, graph)
         assert len(a) == min(explain_k, int(generic.neighbours[i]))
@@ -291,8 +288,6 @@ def test_fused_path_equals_generic_on_a_wider_graph(rule, max_neighbours):
     np.testing.assert_array_equal(fused.neighbours, expected)
 
 
-@pytest.mark.xfail(strict=True, reason="scoring.py: the torch path narrows the explanation to min(explain_k, slots) "
-                                       "columns, the fused kernel keeps explain_k")
 def test_explanation_width_does_not_depend_on_the_path():
     model = RelationModel(_graph(), _gnn(), Attachment(-1.0, 10))
     scorer = Scorer(_encoder(), model, explain_k=K + 2)
