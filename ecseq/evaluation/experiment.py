@@ -60,6 +60,7 @@ class RunResult:
     y_test: np.ndarray
     methods: dict[str, MethodResult]
     info: dict
+    feature_spec: FeatureSpec
 
 
 def training_events(table: EventTable, rows: np.ndarray, window: int) -> np.ndarray:
@@ -100,6 +101,7 @@ class Prepared:
     y_test: np.ndarray
     encoder_scores: MethodResult
     info: dict
+    feature_spec: FeatureSpec
 
 
 def prepare(table: EventTable, split: Split, config: ExperimentConfig, seed: int = 0) -> Prepared:
@@ -126,7 +128,7 @@ def prepare(table: EventTable, split: Split, config: ExperimentConfig, seed: int
     return Prepared(encoder, windows, embed_rows(encoder, windows, fit_rows), labels[fit_rows].astype(np.int64),
                     Labelled.of(val_emb, encoder_logits(encoder, val_emb), labels[split.val]), split.test,
                     labels[split.test].astype(np.int64),
-                    MethodResult(scores, trained.seconds, per_event, {"best_epoch": trained.best_epoch}), info)
+                    MethodResult(scores, trained.seconds, per_event, {"best_epoch": trained.best_epoch}), info, spec)
 
 
 def run_experiment(table: EventTable, split: Split, config: ExperimentConfig, seed: int = 0) -> RunResult:
@@ -143,7 +145,7 @@ def run_experiment(table: EventTable, split: Split, config: ExperimentConfig, se
     for name, fit in (("ecseq", fit_compressed), ("full_graph", fit_full_graph)):
         if name in config.methods:
             results[name] = fit_and_score(p, fit, relation_for_seed(config.relation, seed))
-    return RunResult(p.y_test, {m: results[m] for m in config.methods if m in results}, p.info)
+    return RunResult(p.y_test, {m: results[m] for m in config.methods if m in results}, p.info, p.feature_spec)
 
 
 def relation_for_seed(relation: RelationConfig, seed: int) -> RelationConfig:

@@ -40,6 +40,7 @@ def write_report(out_dir: Path, dataset: dict, config: dict, runs: list[RunResul
               "runs": [run.info for run in runs]}
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=1))
     first = runs[0]
+    first.feature_spec.save(out_dir / "feature_spec.json")
     curves = {name: (first.y_test, result.scores) for name, result in first.methods.items()}
     plot_pr_curves(curves, out_dir / "pr_curves.png", title=f"Precision-recall, {dataset.get('name', '')}")
     plot_score_histograms(curves, out_dir / "score_histograms.png", title="Test scores")

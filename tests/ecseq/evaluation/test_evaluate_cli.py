@@ -9,6 +9,7 @@ import pytest
 
 from ecseq.cli import main
 from ecseq.data.synthetic import generate_synthetic
+from ecseq.features import FeatureSpec
 
 FAST = ["--epochs", "2", "--gnn-epochs", "4", "--k", "40", "--positive-k", "8", "--quiet", "--threads", "1"]
 
@@ -37,6 +38,8 @@ def test_evaluate_writes_metrics_and_plots(events_csv: Path, tmp_path: Path, cap
         assert 0.0 <= method["auc"] <= 1.0 and 0.0 <= method["ap"] <= 1.0
         assert method["score_seconds_per_event"] > 0
     assert report["methods"]["ecseq"]["nodes"] <= 40
+    spec = FeatureSpec.load(out / "feature_spec.json")
+    assert {"amount", "mcc", "device"} <= set(spec.columns)
     for name in ("pr_curves.png", "score_histograms.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = capsys.readouterr().out
