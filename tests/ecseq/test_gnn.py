@@ -18,13 +18,6 @@ INDEX = torch.tensor([[0, 2, 0], [0, 0, 0], [1, 3, 5], [4, 0, 0]])
 WEIGHT = torch.tensor([[1.0, 1, 0], [0, 0, 0], [1, 1, 1], [1, 0, 0]])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: a second thread only adds contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _nbrs(index: torch.Tensor = INDEX, weight: torch.Tensor = WEIGHT) -> Neighbours:

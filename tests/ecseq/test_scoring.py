@@ -15,13 +15,6 @@ from ecseq.scoring import ScoreBatch, Scorer
 IN_DIM, H, K, EXPLAIN = 3, 4, 8, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: a second thread only adds contention (the LSTM slows ~10x on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _encoder() -> LSTMEncoder:
