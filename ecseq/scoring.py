@@ -56,14 +56,18 @@ class Scorer:
             self._messages_np = self.messages.numpy()
             self._out_w = self.gnn.out.weight.detach()[0].numpy().copy()
             self._out_b = float(self.gnn.out.bias.detach()[0])
+            self._residual = bool(self.gnn.config["residual"])
 
     @torch.inference_mode()
     def score_windows(self, windows: torch.Tensor) -> ScoreBatch:
         """(B, L, dim) featurised windows -> scores and explanations."""
-        return self.score_embeddings(self.encoder.embed(windows))
+        return self._score(self.encoder.embed(windows))
 
     @torch.inference_mode()
     def score_embeddings(self, embeddings: torch.Tensor) -> ScoreBatch:
+        return self._score(embeddings)
+
+    def _score(self, embeddings: torch.Tensor) -> ScoreBatch:
         base = self.encoder.score_embeddings(embeddings)
         if self.fused:
             return self._score_fused(embeddings, base)
@@ -86,12 +90,12 @@ class Scorer:
     def _score_fused(self, embeddings: torch.Tensor, base: torch.Tensor) -> ScoreBatch:
         """The default model's hot path: same numbers as the torch modules, one compiled pass."""
         sim = (embeddings @ self.attach.nodes_t).numpy()  # cosine up to a per-row scale, kept for later
-        inv_norm = 1.0 / np.maximum(np.linalg.norm(embeddings.numpy(), axis=1), 1e-12)
+        inv_norm = 1.0 / torch.linalg.vector_norm(embeddings, dim=1).clamp(min=1e-12).numpy()
         own = self.gnn.layer.self_lin(embeddings).numpy()
         base_np = base.numpy()
-        added = base_np if self.gnn.config["residual"] else np.zeros_like(base_np)
+        added = base_np if self._residual else np.zeros_like(base_np)
         logits, degree, nodes, sims, contrib = sage_mean_scores(
-            sim, inv_norm.astype(np.float32), self.attach.slots, self.attach.attachment.epsilon, own, added,
+            sim, inv_norm, self.attach.slots, self.attach.attachment.epsilon, own, added,
             self._messages_np, self._out_w, self._out_b, self.explain_k)
         return ScoreBatch(_sigmoid(logits), _sigmoid(base_np), degree, nodes, sims, contrib)
 
