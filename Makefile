@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 evaluate: install
-	$(BIN)/ecseq evaluate --out runs/evaluate
+	$(BIN)/ecseq evaluate --scenario refresh --out runs/evaluate
 
 test: install
 	$(BIN)/pytest -q -p no:cacheprovider
