@@ -146,7 +146,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"run {repeat + 1}/{args.repeats} (seed {seed}, scenario {config.scenario}): "
               f"train {len(split.train)}, val {len(split.val)}, test {len(split.test)}", file=sys.stderr)
         runs.append(run_experiment(table, split, config, seed))
-    report = write_report(args.out, dataset, _jsonable(dataclasses.asdict(config)), runs)
+    split = str(args.split_file) if args.split_file is not None else args.split
+    report = write_report(args.out, dataset, {**_jsonable(dataclasses.asdict(config)), "split": split}, runs)
     print(format_table(report["methods"]))
     print(f"wrote {args.out / 'metrics.json'}, pr_curves.png, score_histograms.png", file=sys.stderr)
     return 0

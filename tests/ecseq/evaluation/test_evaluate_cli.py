@@ -31,6 +31,7 @@ def test_evaluate_writes_metrics_and_plots(events_csv: Path, tmp_path: Path, cap
     report = _metrics(out)
     assert set(report["dataset"]) >= {"users", "events", "labelled", "positive_rate"}
     assert report["dataset"]["users"] == 250
+    assert report["config"]["split"] == "time" and report["config"]["scenario"] == "standard"
     assert list(report["methods"]) == ["encoder", "head", "ecseq", "full_graph"]
     for method in report["methods"].values():
         for key in ("auc", "ap", "r_at_p90", "fit_seconds", "score_seconds_per_event"):
