@@ -43,7 +43,8 @@ def _methods(text: str) -> tuple[str, ...]:
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group()
     source.add_argument("--events", type=Path, help="event table (CSV or Parquet) in the ecseq event format")
-    source.add_argument("--dataset", choices=DATASETS, default="synthetic", help="a built-in data set (default: synthetic)")
+    source.add_argument("--dataset", choices=DATASETS, default="synthetic",
+                        help="a built-in data set (default: synthetic)")
     p.add_argument("--categorical", type=_csv_list, default=(), metavar="COLS",
                    help="comma-separated feature columns to treat as categorical")
     p.add_argument("--window", type=int, default=50, help="events per sequence window (default 50)")
@@ -75,7 +76,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ecseq", description="ECSeq: sequence scoring with compressed relation graphs")
+    parser = argparse.ArgumentParser(prog="ecseq",
+                                     description="ECSeq: sequence scoring with compressed relation graphs")
     sub = parser.add_subparsers(dest="command", required=True)
     ev = sub.add_parser("evaluate", help="train and compare encoder, head, ECSeq and full graph offline")
     _add_data_args(ev)

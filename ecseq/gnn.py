@@ -1,10 +1,10 @@
 """One GNN layer over a new node's edges from the (compressed) graph, plus a linear head.
 
 Layers, all in plain torch: GraphSAGE-mean (default), GraphSAGE-max, GCN and GAT. Each layer
-splits its work into `node_messages` (depends only on node features, so a server computes it once
-per artifact) and `forward` (per batch, over each new node's neighbour slots). `forward` also returns the coefficient every slot's
-message got, which makes per-neighbour contributions to the score exact for the linear
-aggregators, hence the case-based explanations.
+splits its work into `node_messages` (depends only on node features, so a server computes it
+once per artifact) and `forward` (per batch, over each new node's neighbour slots). `forward`
+also returns the coefficient every slot's message got, which makes per-neighbour contributions
+to the score exact for the linear aggregators, hence the case-based explanations.
 
 With `residual` (the default) the GNN adds a correction to the frozen encoder's own logit and
 starts at exactly zero, so training begins from the encoder's score instead of from scratch.
