@@ -20,8 +20,8 @@ test: install
 	$(BIN)/pytest -q -p no:cacheprovider
 
 bench: install
-	$(BIN)/python bench/bench_scoring.py
-	$(BIN)/python bench/bench_build.py
+	$(BIN)/python -m bench.bench_scoring
+	$(BIN)/python -m bench.bench_build
 
 clean:
 	rm -rf $(VENV) runs bench/results
