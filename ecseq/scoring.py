@@ -57,6 +57,7 @@ class Scorer:
             self._out_w = self.gnn.out.weight.detach()[0].numpy().copy()
             self._out_b = float(self.gnn.out.bias.detach()[0])
             self._residual = bool(self.gnn.config["residual"])
+            self.score_embeddings(torch.zeros(1, self.gnn.config["embedding_dim"]))  # compile/load kernels now
 
     @torch.inference_mode()
     def score_windows(self, windows: torch.Tensor) -> ScoreBatch:
