@@ -203,19 +203,23 @@ def test_contributions_are_exact(layer):
     assert contrib[WEIGHT > 0].abs().sum() > 0
 
 
-@torch.no_grad()
-def test_sage_mean_contribution_is_the_logit_change_without_the_edge():
-    """With the relu pattern unchanged, removing a slot's message (keeping the other slots'
-    coefficients) moves the logit by exactly its contribution."""
-    model = _model("sage_mean")
-    with torch.no_grad():
-        model.layer.self_lin.bias.fill_(5.0)  # every z > 0: the relu pattern cannot flip
+def _saturated(layer: str):
+    """A model whose every z > 0, so the relu pattern cannot flip when a message is removed."""
+    model = _model(layer)
+    model.layer.self_lin.bias.fill_(5.0)
     h, node_x, base = _inputs()
     nbrs = _nbrs()
     messages = model.node_messages(node_x)
     logit, z, coef = model(h, nbrs, messages, base)
     assert torch.all(z > 0)
-    contrib = model.contributions(z, coef, nbrs, messages)
+    return model, logit, z, coef, messages, model.contributions(z, coef, nbrs, messages)
+
+
+@torch.no_grad()
+def test_sage_mean_contribution_is_the_logit_change_without_the_edge():
+    """With the relu pattern unchanged, removing a slot's message (keeping the other slots'
+    coefficients) moves the logit by exactly its contribution."""
+    model, logit, z, coef, messages, contrib = _saturated("sage_mean")
     for i, m in torch.nonzero(WEIGHT > 0).tolist():
         z_without = z[i] - coef[i, m] * messages[INDEX[i, m]]
         logit_without = model.out(F.relu(z_without)).squeeze(-1)
@@ -227,15 +231,8 @@ def test_sage_max_contributions_sum_to_the_logit_change_without_neighbours():
     """Max pooling with the relu pattern unchanged: each dimension of the max is credited to the
     slot that won it, so removing every slot at once moves the logit by the contributions' sum
     (removing one slot alone lets a runner-up take over, so that is not the per-slot test)."""
-    model = _model("sage_max")
-    with torch.no_grad():
-        model.layer.self_lin.bias.fill_(5.0)
-    h, node_x, base = _inputs()
-    nbrs = _nbrs()
-    messages = model.node_messages(node_x)
-    logit, z, coef = model(h, nbrs, messages, base)
-    assert torch.all(z > 0)
-    contrib = model.contributions(z, coef, nbrs, messages)
+    model, logit, z, coef, messages, contrib = _saturated("sage_max")
+    h, _, base = _inputs()
     without, _, _ = model(h, _nbrs(INDEX, torch.zeros_like(WEIGHT)), messages, base)
     torch.testing.assert_close(logit - without, contrib.sum(1), atol=1e-5, rtol=1e-5)
     # each dimension is credited to exactly one slot when it has a positive max, to none otherwise
