@@ -151,7 +151,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     split = str(args.split_file) if args.split_file is not None else args.split
     report = write_report(args.out, dataset, {**_jsonable(dataclasses.asdict(config)), "split": split}, runs)
     print(format_table(report["methods"]))
-    print(f"wrote {args.out / 'metrics.json'}, pr_curves.png, score_histograms.png", file=sys.stderr)
+    print(f"wrote {args.out / 'metrics.json'}, feature_spec.json and plots", file=sys.stderr)
     return 0
 
 

@@ -23,6 +23,7 @@ from ecseq.evaluation.head import LogisticHead
 from ecseq.evaluation.metrics import summarize
 from ecseq.features import FeatureSpec
 from ecseq.gnn_training import Labelled
+from ecseq.graph import CompressedGraph
 from ecseq.relation import RelationConfig, RelationModel, encoder_logits, fit_compressed, fit_full_graph
 from ecseq.scoring import Scorer
 from ecseq.sequences import SequenceWindows
@@ -49,6 +50,7 @@ class MethodResult:
     fit_seconds: float
     score_seconds_per_event: float
     extra: dict = field(default_factory=dict)
+    graph: CompressedGraph | None = None  # the relation methods' graph, for the report's plots
 
     def metrics(self, y: np.ndarray) -> dict[str, float]:
         return {**summarize(y, self.scores), "fit_seconds": self.fit_seconds,
@@ -173,4 +175,4 @@ def _score_relation(encoder: SequenceEncoder, model: RelationModel, windows: Seq
     degree = np.concatenate(neighbours)
     extra = {"nodes": model.graph.k, "mean_neighbours": float(degree.mean()),
              "zero_neighbour_rate": float((degree == 0).mean())}
-    return MethodResult(scores, fit_seconds, per_event, extra)
+    return MethodResult(scores, fit_seconds, per_event, extra, model.graph)

@@ -8,10 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ecseq.evaluation.experiment import RunResult
-from ecseq.evaluation.plots import plot_pr_curves, plot_score_histograms
-
-HEADLINE = ("auc", "ap", "r_at_p90", "fit_seconds", "score_seconds_per_event")
-
+from ecseq.evaluation.plots import plot_cluster_sizes, plot_pr_curves, plot_score_histograms
 
 def aggregate(runs: list[RunResult]) -> dict[str, dict]:
     """Per method: the mean of every numeric metric over repeats, its std, and each run."""
@@ -44,4 +41,8 @@ def write_report(out_dir: Path, dataset: dict, config: dict, runs: list[RunResul
     curves = {name: (first.y_test, result.scores) for name, result in first.methods.items()}
     plot_pr_curves(curves, out_dir / "pr_curves.png", title=f"Precision-recall, {dataset.get('name', '')}")
     plot_score_histograms(curves, out_dir / "score_histograms.png", title="Test scores")
+    ecseq = first.methods.get("ecseq")
+    if ecseq is not None and ecseq.graph is not None:
+        plot_cluster_sizes(ecseq.graph.size, ecseq.graph.positive_rate, out_dir / "clusters.png",
+                           title="Compressed nodes: size and purity")
     return report

@@ -41,7 +41,7 @@ def test_evaluate_writes_metrics_and_plots(events_csv: Path, tmp_path: Path, cap
     assert report["methods"]["ecseq"]["nodes"] <= 40
     spec = FeatureSpec.load(out / "feature_spec.json")
     assert {"amount", "mcc", "device"} <= set(spec.columns)
-    for name in ("pr_curves.png", "score_histograms.png"):
+    for name in ("pr_curves.png", "score_histograms.png", "clusters.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = capsys.readouterr().out
     assert "ecseq" in table and "full_graph" in table
