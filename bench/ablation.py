@@ -15,7 +15,7 @@ import faiss
 import numpy as np
 
 from bench.common import write_result
-from ecseq.cli import load_table
+from ecseq.data.datasets import load_dataset
 from ecseq.data.splits import split_by_time
 from ecseq.encoders.training import EncoderTrainConfig, embed_rows
 from ecseq.evaluation.experiment import ExperimentConfig, fit_and_score, prepare, relation_for_seed
@@ -53,8 +53,7 @@ def main() -> int:
     wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
     variants = {n: c for n, c in VARIANTS.items() if not wanted or any(n.startswith(w) for w in wanted)}
     faiss.omp_set_num_threads(1)
-    ns = argparse.Namespace(events=None, dataset=args.dataset, categorical=())
-    _, table = load_table(ns)
+    table = load_dataset(args.dataset).events()
     split = split_by_time(table)
     config = ExperimentConfig(scenario=args.scenario, encoder=EncoderTrainConfig(progress=False), relation=BASE)
     rows: dict[str, list[dict]] = {"encoder": [], "head": [], **{name: [] for name in variants}}

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ecseq.data.datasets import load_dataset
-from ecseq.data.events import EventTable, events_from_frame
+from ecseq.data.events import EventTable
 from ecseq.features import FeatureSpec
 from ecseq.sequences import SequenceWindows
 
@@ -28,8 +28,7 @@ class BenchData:
 
 
 def synthetic_windows(window: int = 50) -> BenchData:
-    dataset = load_dataset("synthetic")
-    table = events_from_frame(dataset.frame, dataset.categorical, source="synthetic")
+    table = load_dataset("synthetic").events()
     spec = FeatureSpec.fit(table.frame, table.numeric, table.categorical)
     windows = SequenceWindows.build(spec.transform(table.frame), table.user_start, window)
     rows = table.labelled

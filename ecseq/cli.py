@@ -16,7 +16,7 @@ import torch
 
 from ecseq.compression import METHODS as COMPRESSIONS
 from ecseq.data.datasets import DATASETS, load_dataset
-from ecseq.data.events import DataError, EventTable, events_from_frame, read_events
+from ecseq.data.events import DataError, EventTable, read_events
 from ecseq.data.splits import Split, check_trainable, read_split_file, split_by_time, split_by_user
 from ecseq.encoders.models import BACKBONES
 from ecseq.encoders.training import EncoderTrainConfig
@@ -96,9 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 def load_table(args: argparse.Namespace) -> tuple[str, EventTable]:
     if args.events is not None:
         return str(args.events), read_events(args.events, args.categorical)
-    dataset = load_dataset(args.dataset, seed=0)
-    categorical = tuple(dict.fromkeys(dataset.categorical + tuple(args.categorical)))
-    return dataset.name, events_from_frame(dataset.frame, categorical, source=dataset.name)
+    return args.dataset, load_dataset(args.dataset, seed=0).events(args.categorical)
 
 
 def make_split(args: argparse.Namespace, table: EventTable, seed: int) -> Split:

@@ -131,18 +131,19 @@ def top_k_row(row: np.ndarray, values: np.ndarray, index: np.ndarray, maxima: np
             maxima[c] = m
         for c in range(chunks):
             if maxima[c] > values[k - 1]:
-                _insert(values, index, maxima[c], -1)
+                insert_descending(values, index, maxima[c], -1)
         floor = values[k - 1]
         values[:] = -np.inf
     for j in range(cols):
         v = row[j]
         if v < floor or v <= values[k - 1]:
             continue
-        _insert(values, index, v, j)
+        insert_descending(values, index, v, j)
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True, inline="always")
-def _insert(values: np.ndarray, index: np.ndarray, v: float, j: int) -> None:
+def insert_descending(values: np.ndarray, index: np.ndarray, v: float, j: int) -> None:
+    """Insert v (labelled j) into values sorted descending, dropping the smallest; index follows."""
     p = len(values) - 1
     while p > 0 and values[p - 1] < v:
         values[p] = values[p - 1]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ecseq.graph import _insert, top_k_row
+from ecseq.graph import insert_descending, top_k_row
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
@@ -71,7 +71,7 @@ def sage_mean_scores(sim: np.ndarray, inv_norm: np.ndarray, slots: int, epsilon:
                 c += u[f] * messages[node, f]
             s = abs(c * inv)
             if explain_k > 0 and s > strength[explain_k - 1]:
-                _insert(strength, rank, s, m)
+                insert_descending(strength, rank, s, m)
         for e in range(explain_k):
             m = rank[e]
             if m >= 0:

