@@ -1,0 +1,282 @@
+"""`ecseq train-encoder`, `ecseq build`, `ecseq builder` and `ecseq artifacts ...`.
+
+Exit codes: 0 done (published), 2 user error, 3 build refused by the quality gate,
+75 another builder holds the store (try later).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from functools import partial
+from pathlib import Path
+
+from compression_builder.gate import GATE_METRICS, GateConfig
+from compression_builder.metrics import BuilderMetrics
+from compression_builder.pipeline import (
+    BuildConfig,
+    BuildOutcome,
+    EncoderConfig,
+    train_fresh_encoder,
+)
+from compression_builder.service import (
+    AnnounceError,
+    BuildJob,
+    kafka_announcer,
+    run_every,
+)
+from compression_builder.sources import gather_frame, read_event_file, read_kafka
+from ecseq.artifacts import ArtifactError, ArtifactStore, LoadedArtifact
+from ecseq.cli import (
+    add_encoder_args,
+    add_relation_args,
+    check_positive,
+    encoder_train_config,
+    relation_config,
+    set_threads,
+)
+from ecseq.data.datasets import DATASETS, load_dataset
+from ecseq.data.events import DataError
+from ecseq.features import FeatureSpec
+from ecseq.settings import Settings, parse_duration
+
+EXIT_REFUSED = 3
+
+
+def add_commands(sub, settings: Settings) -> None:
+    te = sub.add_parser("train-encoder", help="train the feature spec and encoder on an event table; "
+                                              "publish a complete artifact built from the same data")
+    _add_file_source(te)
+    te.add_argument("--window", type=int, default=50, help="events per sequence window (default 50)")
+    add_encoder_args(te)
+    te.add_argument("--seed", type=int, default=0)
+    _add_build_args(te, settings, since=None)
+    te.set_defaults(run=cmd_train_encoder)
+
+    build = sub.add_parser("build", help="one rebuild of the compressed graph with the serving encoder")
+    source = _add_file_source(build)
+    source.add_argument("--kafka", metavar="BOOTSTRAP", help="read events + late labels from this Kafka")
+    _add_build_args(build, settings, since=None)
+    _add_topic_args(build, settings)
+    build.set_defaults(run=cmd_build)
+
+    service = sub.add_parser("builder", help="rebuild from Kafka on a schedule (a service), with /metrics")
+    service.add_argument("--kafka", metavar="BOOTSTRAP", default=settings.broker,
+                         help=f"Kafka bootstrap servers (default ${Settings.variable('broker')} or {settings.broker})")
+    service.add_argument("--every", default=settings.build_every, help="time between builds, e.g. 15m (default "
+                         f"${Settings.variable('build_every')} or {settings.build_every})")
+    service.add_argument("--metrics-port", type=int, default=settings.builder_metrics_port,
+                         help="port of the /metrics endpoint (0: none)")
+    service.add_argument("--metrics-host", default=settings.metrics_host, help="address /metrics binds")
+    _add_build_args(service, settings, since=settings.build_since)
+    _add_topic_args(service, settings)
+    service.set_defaults(run=cmd_builder)
+
+    artifacts = sub.add_parser("artifacts", help="list, show, verify or roll back artifact versions")
+    actions = artifacts.add_subparsers(dest="action", required=True)
+    for name, helptext, run in (("list", "versions, newest last; * marks CURRENT", cmd_list),
+                                ("show", "the manifest of a version (default: CURRENT)", cmd_show),
+                                ("verify", "check every file, shape and golden score of a version", cmd_verify),
+                                ("rollback", "point CURRENT at an older good version (default: the previous)",
+                                 cmd_rollback)):
+        action = actions.add_parser(name, help=helptext)
+        _add_store_args(action, settings)
+        if name != "list":
+            action.add_argument("version", nargs="?", help="e.g. v000003")
+        if name == "rollback":
+            action.add_argument("--announce", metavar="BOOTSTRAP", help="announce the version on this Kafka")
+            action.add_argument("--artifacts-topic", default=settings.artifacts_topic)
+        action.set_defaults(run=run)
+
+
+def _add_store_args(p: argparse.ArgumentParser, settings: Settings) -> None:
+    p.add_argument("--store", type=Path, default=Path(settings.store),
+                   help=f"artifact store directory (default ${Settings.variable('store')} or {settings.store})")
+    p.add_argument("--keep", type=int, default=settings.keep_versions, help="versions kept (plus CURRENT)")
+
+
+def _add_file_source(p: argparse.ArgumentParser):
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--events", type=Path, help="event table (CSV or Parquet) in the ecseq event format")
+    source.add_argument("--dataset", choices=DATASETS, help="a built-in data set")
+    p.add_argument("--categorical", type=lambda t: tuple(c.strip() for c in t.split(",") if c.strip()), default=(),
+                   metavar="COLS", help="comma-separated categorical feature columns (train-encoder)")
+    return source
+
+
+def _add_build_args(p: argparse.ArgumentParser, settings: Settings, since: str | None) -> None:
+    _add_store_args(p, settings)
+    p.add_argument("--since", default=since, help="use the events of this much event time before the newest, "
+                                                  "e.g. 30d (default: " + (since or "all") + ")")
+    p.add_argument("--gate-metric", choices=GATE_METRICS, default=settings.gate_metric)
+    p.add_argument("--tolerance", type=float, default=settings.gate_tolerance,
+                   help="publish if the candidate is at most this far below the encoder and the serving artifact")
+    p.add_argument("--min-labelled", type=int, default=GateConfig().min_labelled)
+    p.add_argument("--force", action="store_true", help="publish even if the quality gate refuses")
+    p.add_argument("--wait", action="store_true", help="wait for another builder instead of exiting")
+    p.add_argument("--announce", metavar="BOOTSTRAP", help="announce a published version on this Kafka")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: its default); faiss uses 1")
+    add_relation_args(p)
+
+
+def _add_topic_args(p: argparse.ArgumentParser, settings: Settings) -> None:
+    p.add_argument("--events-topic", default=settings.events_topic)
+    p.add_argument("--labels-topic", default=settings.labels_topic)
+    p.add_argument("--artifacts-topic", default=settings.artifacts_topic)
+
+
+def _build_config(args: argparse.Namespace) -> BuildConfig:
+    try:
+        gate = GateConfig(metric=args.gate_metric, tolerance=args.tolerance, min_labelled=args.min_labelled)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    return BuildConfig(relation=relation_config(args), gate=gate)
+
+
+def _store(args: argparse.Namespace) -> ArtifactStore:
+    check_positive(args, "keep")
+    try:
+        return ArtifactStore(args.store, keep=args.keep)
+    except OSError as exc:
+        raise DataError(f"cannot use artifact store {args.store}: {exc.strerror or exc}") from None
+
+
+def _since(args: argparse.Namespace) -> float | None:
+    return parse_duration(args.since) if args.since else None
+
+
+def _columns(spec: FeatureSpec | None, categorical: tuple[str, ...]) -> tuple[list[str] | None, tuple[str, ...]]:
+    """Numeric and categorical columns: the serving spec's, or (new encoder) inferred / as given."""
+    if spec is None:
+        return None, categorical
+    return [f.name for f in spec.numeric], tuple(f.name for f in spec.categorical)
+
+
+def _gather_file(args: argparse.Namespace, spec: FeatureSpec | None):
+    numeric, categorical = _columns(spec, args.categorical)
+    if args.events is not None:
+        return read_event_file(args.events, categorical, numeric, _since(args))
+    dataset = load_dataset(args.dataset, seed=0)
+    categorical = categorical if spec is not None else dataset.categorical + args.categorical
+    return gather_frame(dataset.frame, categorical, numeric, _since(args), f"data set {args.dataset}")
+
+
+def _gather_kafka(args: argparse.Namespace, spec: FeatureSpec | None):
+    numeric, categorical = _columns(spec, args.categorical)
+    return read_kafka(args.kafka, args.events_topic, args.labels_topic, numeric, categorical, _since(args))
+
+
+def _job(args: argparse.Namespace, gather, metrics: BuilderMetrics | None = None) -> BuildJob:
+    set_threads(args.threads)
+    announce = args.announce or getattr(args, "kafka", None)
+    topic = getattr(args, "artifacts_topic", Settings().artifacts_topic)
+    return BuildJob(_store(args), partial(gather, args), _build_config(args), metrics,
+                    kafka_announcer(announce, topic) if announce else None, wait_for_lock=args.wait)
+
+
+def _finish(outcome: BuildOutcome, metric: str) -> int:
+    metrics = outcome.report.get("metrics", {})
+    scores = ", ".join(f"{name} {values[metric]:.4f}" for name, values in metrics.items())
+    scores = f" ({metric}: {scores})" if scores else ""
+    if outcome.published is not None:
+        forced = " despite " + ", ".join(outcome.refused) + " (--force)" if outcome.refused else ""
+        print(f"published {outcome.published.version}{forced}{scores}; report: {outcome.report_dir / 'report.json'}")
+        return 0
+    print(f"refused: {', '.join(outcome.refused)}{scores}; report: {outcome.report_dir / 'report.json'}")
+    return EXIT_REFUSED
+
+
+def cmd_train_encoder(args: argparse.Namespace) -> int:
+    check_positive(args, "window")
+    encoder = EncoderConfig(window=args.window, backbone=args.backbone, hidden=args.hidden,
+                            train=encoder_train_config(args), seed=args.seed)
+    job = _job(args, _gather_file)
+    outcome = job.run(fresh=lambda gathered, clock: train_fresh_encoder(gathered, job.config, encoder, clock),
+                      force=args.force)
+    return _finish(outcome, job.config.gate.metric)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    job = _job(args, _gather_kafka if args.kafka else _gather_file)
+    return _finish(job.run(force=args.force), job.config.gate.metric)
+
+
+def cmd_builder(args: argparse.Namespace) -> int:
+    metrics = BuilderMetrics()
+    args.categorical = ()
+    job = _job(args, _gather_kafka, metrics)
+    every = parse_duration(args.every)
+    if args.metrics_port:
+        port = metrics.serve(args.metrics_port, args.metrics_host)
+        print(f"builder metrics on http://{args.metrics_host}:{port}/metrics", file=sys.stderr, flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())  # finish the build in progress, then exit
+    run_every(job, every, stop)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    store = _store(args)
+    current = store.current()
+    print(f"{'':2}{'version':<10}{'created':<26}{'parent':<10}{'encoder':<10}{'AP':>8}  status")
+    for version in store.versions():
+        status, manifest = _status(store, version)
+        ap = manifest.get("metrics", {}).get("holdout", {}).get("candidate", {}).get("ap")
+        print(f"{'*' if version == current else '':2}{version:<10}{manifest.get('created_at', '?')!s:<26}"
+              f"{manifest.get('parent') or '-'!s:<10}{manifest.get('encoder_version', '?')!s:<10}"
+              f"{'-' if ap is None else format(ap, '.4f'):>8}  {status}")
+    if not store.versions():
+        print(f"(no versions in {store.root})")
+    return 0
+
+
+def _status(store: ArtifactStore, version: str) -> tuple[str, dict]:
+    """'ok' or why the version is refused, and its manifest if it can be read at all."""
+    try:
+        manifest = store.manifest(version)
+    except ArtifactError as exc:
+        return f"REFUSED: {exc.reason}", {}
+    try:
+        store.verify(version)
+    except ArtifactError as exc:
+        return f"REFUSED: {exc.reason}", manifest
+    return "ok", manifest
+
+
+def _version(store: ArtifactStore, version: str | None) -> str:
+    chosen = version or store.current()
+    if chosen is None:
+        raise DataError(f"artifact store {store.root} has no CURRENT version; name one")
+    return chosen
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    store = _store(args)
+    print(json.dumps(store.manifest(_version(store, args.version)), indent=1))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    store = _store(args)
+    loaded = store.verify(_version(store, args.version))
+    print(f"{loaded.version} ok: {len(loaded.manifest['files'])} files checked, "
+          f"{loaded.manifest['model']['nodes']} nodes, golden scores match")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    store = _store(args)
+    before = store.current()
+    loaded: LoadedArtifact = store.rollback(args.version)
+    print(f"CURRENT -> {loaded.version} (was {before or 'none'})")
+    if args.announce:
+        try:
+            kafka_announcer(args.announce, args.artifacts_topic)(loaded.announcement())
+        except AnnounceError as exc:  # CURRENT has moved; workers polling it will still follow
+            print(f"ecseq: warning: {exc}", file=sys.stderr)
+            return 1
+    return 0

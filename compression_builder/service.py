@@ -1,0 +1,113 @@
+"""Running builds: one on demand, or one every interval as a service, with metrics and announcements.
+
+A build holds the store's build lock from start to end, so two builders never interleave;
+the one that finds it held exits (one-shot) or skips the round (service). After a publish the
+new version is announced on the control topic so workers swap at once instead of at their
+next poll of CURRENT; an announcement that fails is counted, not fatal (CURRENT is the truth).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from compression_builder.metrics import BuilderMetrics
+from compression_builder.pipeline import (
+    BuildConfig,
+    BuildOutcome,
+    FreshEncoder,
+    StageClock,
+    load_serving,
+    rebuild,
+)
+from compression_builder.sources import Gathered
+from ecseq.artifacts import ArtifactError, ArtifactStore, StoreBusy
+from ecseq.data.events import DataError
+from ecseq.features import FeatureSpec
+
+log = logging.getLogger("ecseq.builder")
+
+Announcer = Callable[[dict], None]
+
+
+class AnnounceError(RuntimeError):
+    """The control topic could not take an announcement (broker down, timeout)."""
+
+
+def kafka_announcer(bootstrap: str, topic: str) -> Announcer:
+    """Send `{"version", "path", "manifest_sha256"}` to the control topic, keyed so compaction keeps the latest."""
+    from aiokafka.errors import KafkaError
+
+    from kafka_io.topics import produce_json
+
+    def announce(message: dict) -> None:
+        try:
+            produce_json(bootstrap, topic, [("artifact", message)])
+        except (KafkaError, OSError, TimeoutError) as exc:
+            raise AnnounceError(f"could not announce {message['version']} on {bootstrap} {topic}: {exc}") from None
+        log.info("announced %s on %s", message["version"], topic)
+    return announce
+
+
+@dataclass
+class BuildJob:
+    store: ArtifactStore
+    gather: Callable[[FeatureSpec | None], Gathered]  # the serving feature spec says which columns to read
+    config: BuildConfig
+    metrics: BuilderMetrics | None = None
+    announce: Announcer | None = None
+    wait_for_lock: bool = False
+
+    def run(self, fresh: Callable[[Gathered, StageClock], FreshEncoder] | None = None,
+            force: bool = False) -> BuildOutcome:
+        """One build under the store's build lock; `fresh` trains a new encoder first (train-encoder)."""
+        clock = StageClock(self.metrics.observe_stage if self.metrics else None)
+        with self.store.build_lock(wait=self.wait_for_lock):
+            with clock("load_serving"):
+                serving, problem = load_serving(self.store)
+            if fresh is None and serving is None:
+                raise DataError(f"artifact store {self.store.root} has no loadable artifact ({problem}); "
+                                "run `ecseq train-encoder` first")
+            with clock("gather"):
+                gathered = self.gather(serving.bundle.feature_spec if fresh is None else None)
+            encoder = fresh(gathered, clock) if fresh is not None else None
+            outcome = rebuild(self.store, gathered, self.config, serving, problem, clock, encoder, force)
+        if self.metrics is not None:
+            self.metrics.observe(outcome)
+        if outcome.published is not None and self.announce is not None:
+            self._announce(outcome.published.announcement())
+        return outcome
+
+    def _announce(self, message: dict) -> None:
+        try:
+            self.announce(message)
+        except AnnounceError as exc:  # the version is published; workers still find it through CURRENT
+            log.error("%s", exc)
+            if self.metrics is not None:
+                self.metrics.announce_failures.inc()
+
+
+def run_every(job: BuildJob, every: float, stop: threading.Event) -> None:
+    """Build now and then every `every` seconds until `stop` is set; a failed build never stops the loop."""
+    log.info("builder started: every %.0f s on store %s", every, job.store.root)
+    while not stop.is_set():
+        try:
+            job.run()
+        except StoreBusy as exc:
+            log.info("skipping this round: %s", exc)
+            _count(job, "busy")
+        except (DataError, ArtifactError) as exc:
+            log.error("build failed: %s", exc)
+            _count(job, "failed")
+        except Exception:
+            log.exception("build failed unexpectedly")
+            _count(job, "failed")
+        stop.wait(every)
+    log.info("builder stopped")
+
+
+def _count(job: BuildJob, result: str) -> None:
+    if job.metrics is not None:
+        job.metrics.builds.labels(result).inc()

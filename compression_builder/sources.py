@@ -1,0 +1,175 @@
+"""Where a rebuild's labelled sequences come from: an event file, or Kafka's events + late labels.
+
+Both sources skip bad rows instead of failing (a rebuild must survive what production sends)
+and count every skipped row under a reason, so the report and the metrics show what was lost.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ecseq.data.cleaning import (
+    BAD_LABEL,
+    BAD_TYPE,
+    MISSING_FIELD,
+    NON_FINITE,
+    drop_bad_rows,
+)
+from ecseq.data.events import (
+    EVENT_ID,
+    LABEL,
+    RESERVED,
+    TS,
+    USER,
+    DataError,
+    EventTable,
+    events_from_frame,
+    parse_timestamps,
+    read_frame,
+)
+
+BAD_JSON = "bad_json"
+UNKNOWN_EVENT = "unknown_event"  # a label for an event id the events topic does not hold
+UNKNOWN_USER = "unknown_user"  # a label whose user_id is not the user of its event
+_LABEL_VALUES = {0: 0.0, 1: 1.0, "0": 0.0, "1": 1.0}
+
+
+@dataclass
+class Gathered:
+    """The labelled event table of one rebuild and what was skipped to get it."""
+
+    table: EventTable
+    source: str
+    skipped: dict[str, Counter] = field(default_factory=dict)  # "events" / "labels" -> reason -> rows
+
+    def skipped_total(self) -> int:
+        return sum(sum(c.values()) for c in self.skipped.values())
+
+
+def read_event_file(path, categorical: Sequence[str] = (), numeric: Sequence[str] | None = None,
+                    since: float | None = None) -> Gathered:
+    """An event file in the ecseq event format; `numeric=None` infers numeric columns from their types."""
+    return gather_frame(read_frame(path, categorical), categorical, numeric, since, f"events file {path}")
+
+
+def gather_frame(frame: pd.DataFrame, categorical: Sequence[str], numeric: Sequence[str] | None,
+                 since: float | None, where: str) -> Gathered:
+    """Raw event rows (a file's, a built-in data set's) -> the rebuild's table, bad rows skipped."""
+    if numeric is None:
+        numeric = [c for c in frame.columns if c not in RESERVED and c not in categorical
+                   and pd.api.types.is_numeric_dtype(frame[c])]
+    _require_columns(frame.columns, [USER, TS, LABEL], where, "required")
+    _require_columns(frame.columns, [*numeric, *categorical], where, "feature")
+    frame, skipped = drop_bad_rows(frame, numeric)
+    return Gathered(_table(_within(frame, since), categorical, where), where, {"events": skipped})
+
+
+def read_kafka(bootstrap: str, events_topic: str, labels_topic: str, numeric: Sequence[str],
+               categorical: Sequence[str], since: float | None = None) -> Gathered:
+    """Every event on `events_topic` joined with its latest label from `labels_topic`."""
+    from kafka_io.topics import (
+        read_topic,  # the core install does not need Kafka for file builds
+    )
+
+    event_rows, skipped_events = _decode_events(read_topic(bootstrap, events_topic), numeric, categorical)
+    frame = pd.DataFrame(event_rows, columns=[EVENT_ID, USER, TS, *numeric, *categorical])
+    frame, more = drop_bad_rows(frame, numeric)
+    skipped_events.update(more)
+    labels, skipped_labels = _decode_labels(read_topic(bootstrap, labels_topic), frame)
+    frame[LABEL] = frame[EVENT_ID].astype(str).map(labels).astype("float64")
+    where = f"kafka {bootstrap} topics {events_topic} + {labels_topic}"
+    return Gathered(_table(_within(frame, since), categorical, where), where,
+                    {"events": skipped_events, "labels": skipped_labels})
+
+
+def _require_columns(present, needed: Sequence[str], where: str, kind: str) -> None:
+    missing = [c for c in needed if c not in present]
+    if missing:
+        raise DataError(f"{where} lacks {kind} column(s) {', '.join(missing)}")
+
+
+def _within(frame: pd.DataFrame, since: float | None) -> pd.DataFrame:
+    """Only the events of the last `since` seconds of event time (relative to the newest event)."""
+    if since is None or frame.empty:
+        return frame
+    ts = parse_timestamps(frame[TS]).to_numpy()
+    return frame[ts >= np.nanmax(ts) - since].reset_index(drop=True)
+
+
+def _table(frame: pd.DataFrame, categorical: Sequence[str], where: str) -> EventTable:
+    if frame.empty:
+        raise DataError(f"{where}: no usable events")
+    if LABEL not in frame.columns or not frame[LABEL].notna().any():
+        raise DataError(f"{where}: no labelled events in the window")
+    return events_from_frame(frame, categorical, source="events")
+
+
+def _decode_events(records, numeric: Sequence[str], categorical: Sequence[str]) -> tuple[list[dict], Counter]:
+    rows, skipped = [], Counter()
+    needed = (EVENT_ID, USER, TS, *numeric, *categorical)
+    for record in records:
+        value = _json_object(record.value)
+        reason = BAD_JSON if value is None else _event_problem(value, needed, numeric, categorical)
+        if reason:
+            skipped[reason] += 1
+            continue
+        rows.append({name: value[name] for name in needed})
+    return rows, skipped
+
+
+def _json_object(raw: bytes | None) -> dict | None:
+    try:
+        value = json.loads(raw) if raw is not None else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _event_problem(value: dict, needed: Sequence[str], numeric: Sequence[str],
+                   categorical: Sequence[str]) -> str | None:
+    if any(name not in value for name in needed) or value[EVENT_ID] is None or value[USER] is None:
+        return MISSING_FIELD
+    for name in numeric:
+        number = value[name]
+        if number is None:
+            continue
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            return BAD_TYPE
+        if not math.isfinite(number):
+            return NON_FINITE
+    for name in (USER, EVENT_ID, *categorical):
+        if isinstance(value[name], (dict, list)):
+            return BAD_TYPE
+    return None
+
+
+def _is_label(value) -> bool:
+    return isinstance(value, (int, float, str)) and not isinstance(value, bool) and value in _LABEL_VALUES
+
+
+def _decode_labels(records, events: pd.DataFrame) -> tuple[dict[str, float], Counter]:
+    """event_id -> label (the latest record wins: labels may be corrected later)."""
+    user_of = dict(zip(events[EVENT_ID].astype(str), events[USER].astype(str)))
+    labels, skipped = {}, Counter()
+    for record in records:
+        value = _json_object(record.value)
+        if value is None:
+            skipped[BAD_JSON] += 1
+        elif any(value.get(name) is None for name in (EVENT_ID, USER, LABEL)):
+            skipped[MISSING_FIELD] += 1
+        elif not _is_label(value[LABEL]):
+            skipped[BAD_LABEL] += 1
+        elif str(value[EVENT_ID]) not in user_of:
+            skipped[UNKNOWN_EVENT] += 1
+        elif user_of[str(value[EVENT_ID])] != str(value[USER]):
+            skipped[UNKNOWN_USER] += 1
+        else:
+            labels[str(value[EVENT_ID])] = _LABEL_VALUES[value[LABEL]]
+    return labels, skipped

@@ -1,0 +1,13 @@
+"""Versioned, verified model artifacts: the format (`format`) and the crash-safe store (`store`).
+
+An artifact is an immutable directory with everything a worker needs to score: feature spec,
+encoder and GNN weights, the compressed graph, golden inputs with their expected scores, and a
+manifest that hashes every file. Weights never go through pickle. See DESIGN.md, "Artifacts and
+hot swap".
+"""
+
+from ecseq.artifacts.format import FORMAT_VERSION, REASONS, ArtifactError, ModelBundle
+from ecseq.artifacts.store import ArtifactStore, LoadedArtifact, Published, StoreBusy
+
+__all__ = ["FORMAT_VERSION", "REASONS", "ArtifactError", "ArtifactStore", "LoadedArtifact", "ModelBundle",
+           "Published", "StoreBusy"]

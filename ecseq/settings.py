@@ -1,0 +1,65 @@
+"""One settings object for every ecseq process, read from ``ECSEQ_*`` environment variables.
+
+Each field's environment variable is ``ECSEQ_`` + its name in upper case (``store`` ->
+``ECSEQ_STORE``); command-line flags default to these values, so a container configures
+everything through its environment. The README's configuration table lists the same names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ecseq.data.events import DataError
+
+PREFIX = "ECSEQ_"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """'15m' -> 900.0; units ms, s, m, h, d; a bare number is seconds."""
+    match = _DURATION.match(str(text))
+    if not match or float(match.group(1)) <= 0:
+        raise DataError(f"not a positive duration: {text!r} (examples: 30s, 15m, 2h, 7d)")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+@dataclass(frozen=True)
+class Settings:
+    store: str = "./artifacts"  # artifact store directory
+    broker: str = "localhost:9092"  # Kafka bootstrap servers
+    events_topic: str = "ecseq.events"
+    scores_topic: str = "ecseq.scores"
+    labels_topic: str = "ecseq.labels"
+    dead_letter_topic: str = "ecseq.dead-letter"
+    artifacts_topic: str = "ecseq.artifacts"  # control topic: published / rolled-back versions
+    keep_versions: int = 5  # artifact versions kept in the store (plus the current one)
+    build_every: str = "15m"  # builder service: time between rebuilds
+    build_since: str = "30d"  # builder: event-time window of labelled data per rebuild
+    gate_metric: str = "ap"  # quality gate: metric compared on held-out data (ap, auc, r_at_p90)
+    gate_tolerance: float = 0.005  # publish if candidate >= reference - tolerance
+    metrics_host: str = "127.0.0.1"  # address the /metrics endpoints bind
+    builder_metrics_port: int = 9102
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        values = {}
+        for field in dataclasses.fields(cls):
+            name = PREFIX + field.name.upper()
+            if name not in env:
+                continue
+            kind = type(field.default)
+            try:
+                values[field.name] = kind(env[name])
+            except ValueError:
+                raise DataError(f"{name}={env[name]!r} is not a valid {kind.__name__}") from None
+        return cls(**values)
+
+    @staticmethod
+    def variable(field_name: str) -> str:
+        return PREFIX + field_name.upper()

@@ -1,0 +1,5 @@
+import sys
+
+from ecseq_cli import main
+
+sys.exit(main())

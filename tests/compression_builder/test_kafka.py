@@ -1,0 +1,159 @@
+"""Builds from Kafka (events joined with late labels) against a real broker, and the builder service."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ecseq.artifacts import ArtifactStore
+from ecseq_cli import main
+from kafka_io.broker import free_port
+from kafka_io.topics import ensure_topics, produce_json, read_topic
+
+from .conftest import FAST
+
+FEATURES = ("amount", "hour", "hours_since_prev", "mcc", "device", "country", "channel")
+
+
+def _json_value(value):
+    """A missing value is JSON null; NaN on the wire is a producer bug the builder skips."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def _publish_stream(bootstrap: str, frame, events: str, labels: str) -> None:
+    """Events without labels (keyed by user), then late labels for the labelled ones, plus garbage."""
+    ensure_topics(bootstrap, {events: 2, labels: 2})
+    records = [(row.user_id, {"event_id": row.event_id, "user_id": row.user_id, "ts": float(row.ts),
+                              **{f: _json_value(getattr(row, f)) for f in FEATURES}})
+               for row in frame.itertuples()]
+    good = records[0][1]
+    records += [
+        ("u1", b"{not json"),  # bad_json
+        ("u1", {k: v for k, v in good.items() if k != "amount"} | {"event_id": "x1"}),  # missing_field
+        ("u1", good | {"event_id": "x2", "amount": "lots"}),  # bad_type
+        ("u1", good | {"event_id": "x3", "amount": math.inf}),  # non_finite
+        ("u1", good | {"event_id": "x4", "ts": "someday"}),  # bad_timestamp
+        ("u1", good),  # duplicate_event
+    ]
+    produce_json(bootstrap, events, records)
+    labelled = frame[frame["label"].notna()]
+    label_records = [(row.user_id, {"event_id": row.event_id, "user_id": row.user_id, "label": int(row.label),
+                                    "ts": float(row.ts) + 86400}) for row in labelled.itertuples()]
+    label_records += [
+        ("u1", b"\xff\xfe"),  # bad_json
+        ("u1", {"event_id": good["event_id"], "user_id": good["user_id"]}),  # missing_field
+        ("u1", {"event_id": good["event_id"], "user_id": good["user_id"], "label": 2}),  # bad_label
+        ("u1", {"event_id": "nope", "user_id": "u1", "label": 1}),  # unknown_event
+        ("u1", {"event_id": good["event_id"], "user_id": "someone-else", "label": 1}),  # unknown_user
+    ]
+    produce_json(bootstrap, labels, label_records)
+
+
+def test_build_from_kafka_joins_late_labels_counts_bad_rows_and_announces(broker, topic_names, store,
+                                                                          events_frame, capsys):
+    events, labels, control = topic_names("events"), topic_names("labels"), topic_names("artifacts")
+    _publish_stream(broker.bootstrap, events_frame, events, labels)
+    code = main(["build", "--store", str(store), "--kafka", broker.bootstrap, "--events-topic", events,
+                 "--labels-topic", labels, "--artifacts-topic", control, "--force", *FAST])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    loaded = ArtifactStore(store).load()
+    assert loaded.version == "v000002"
+    report = json.loads((loaded.path / "report.json").read_text())
+    assert report["data"]["skipped"] == {
+        "events": {"bad_json": 1, "missing_field": 1, "bad_type": 1, "non_finite": 1, "bad_timestamp": 1,
+                   "duplicate_event": 1},
+        "labels": {"bad_json": 1, "missing_field": 1, "bad_label": 1, "unknown_event": 1, "unknown_user": 1},
+    }
+    assert report["data"]["events"] == len(events_frame)
+    assert report["data"]["labelled"] == int(events_frame["label"].notna().sum())
+
+    announced = [r.json() for r in read_topic(broker.bootstrap, control)]
+    manifest_sha = hashlib.sha256((loaded.path / "manifest.json").read_bytes()).hexdigest()
+    assert announced == [{"version": "v000002", "path": str(loaded.path.resolve()), "manifest_sha256": manifest_sha}]
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return response.read().decode()
+
+
+def _sample(text: str, name: str, **labels: str) -> float | None:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return None
+
+
+def test_builder_service_rebuilds_on_schedule_serves_metrics_and_stops_on_sigterm(broker, topic_names, store,
+                                                                                   events_frame):
+    events, labels, control = topic_names("events"), topic_names("labels"), topic_names("artifacts")
+    _publish_stream(broker.bootstrap, events_frame, events, labels)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ecseq_cli", "builder", "--store", str(store), "--kafka", broker.bootstrap,
+         "--events-topic", events, "--labels-topic", labels, "--artifacts-topic", control, "--every", "1s",
+         "--since", "365d", "--metrics-port", str(port), "--keep", "2", "--force", *FAST],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        text = ""
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                text = _scrape(port)
+            except OSError:
+                continue
+            if (_sample(text, "ecseq_builder_builds_total", result="published") or 0) >= 2:
+                break
+        assert (_sample(text, "ecseq_builder_builds_total", result="published") or 0) >= 2, text
+        assert _sample(text, "ecseq_builder_last_success_timestamp_seconds") > time.time() - 120
+        assert _sample(text, "ecseq_builder_stage_duration_seconds_count", stage="gnn") >= 2
+        assert _sample(text, "ecseq_builder_skipped_rows_total", source="labels", reason="unknown_user") >= 2
+        assert _sample(text, "ecseq_builder_samples", part="holdout") > 0
+        assert 0.5 < _sample(text, "ecseq_builder_evaluation", model="serving", metric="auc") <= 1.0
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    versions = [r.json()["version"] for r in read_topic(broker.bootstrap, control)]
+    assert len(versions) >= 2 and versions == sorted(versions)
+    artifacts = ArtifactStore(store)
+    assert artifacts.current() == versions[-1]
+    assert len(artifacts.versions()) <= 3  # keep 2, plus CURRENT
+    for version in artifacts.versions():
+        artifacts.verify(version)
+
+
+def test_rollback_points_current_back_and_announces(broker, topic_names, store, events_csv, capsys):
+    control = topic_names("artifacts")
+    assert main(["build", "--store", str(store), "--events", str(events_csv), "--force", *FAST]) == 0
+    code = main(["artifacts", "rollback", "--store", str(store), "--announce", broker.bootstrap,
+                 "--artifacts-topic", control])
+    out = capsys.readouterr().out
+    assert code == 0 and "CURRENT -> v000001 (was v000002)" in out
+    assert ArtifactStore(store).current() == "v000001"
+    [message] = [r.json() for r in read_topic(broker.bootstrap, control)]
+    assert message["version"] == "v000001"
+
+
+@pytest.mark.parametrize("missing", ["events"])
+def test_build_from_an_empty_topic_says_so(broker, topic_names, store, capsys, missing):
+    code = main(["build", "--store", str(store), "--kafka", broker.bootstrap, "--events-topic",
+                 topic_names(missing), "--labels-topic", topic_names("labels"), *FAST])
+    err = capsys.readouterr().err
+    assert code == 2 and "no usable events" in err
