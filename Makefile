@@ -22,6 +22,8 @@ test: install
 bench: install
 	$(BIN)/python -m bench.bench_scoring
 	$(BIN)/python -m bench.bench_build
+	$(BIN)/python -m bench.bench_rebuild
+	$(BIN)/python -m bench.bench_artifacts
 
 clean:
 	rm -rf $(VENV) runs bench/results

@@ -30,7 +30,7 @@ import torch
 
 from bench.common import report_checks, synthetic_windows
 from ecseq.artifacts import ArtifactStore, ModelBundle
-from ecseq.artifacts.format import read_artifact
+from ecseq.artifacts.reader import read_artifact
 from ecseq.compression import compress
 from ecseq.encoders.models import LSTMEncoder, build_encoder
 from ecseq.encoders.training import embed_rows
@@ -51,7 +51,7 @@ import torch
 torch.set_num_threads(1)
 from bench.bench_artifacts import bare_load
 from ecseq.artifacts import ArtifactStore
-from ecseq.artifacts.format import read_artifact
+from ecseq.artifacts.reader import read_artifact
 imported = time.perf_counter()
 store = ArtifactStore(sys.argv[1])
 version = store.current()

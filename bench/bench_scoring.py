@@ -17,7 +17,7 @@ import faiss
 import numpy as np
 import torch
 
-from bench.common import per_call_seconds, synthetic_windows, write_result
+from bench.common import per_call_seconds, report_checks, synthetic_windows
 from ecseq.compression import compress
 from ecseq.encoders.models import LSTMEncoder
 from ecseq.encoders.training import embed_rows
@@ -88,14 +88,10 @@ def main() -> int:
     }
     result = {"batch": BATCH, "window": data.windows.length, "k": config.k, "attachment": config.attachment.describe(),
               "encoder_s": encoder_s, "encoder_single_s": float(np.median(encoder_single)), "ecseq_s": ecseq_s,
-              "ecseq_over_encoder": ecseq_s / encoder_s, "ecseq_single_s": single_s, "growth": growth, "checks": checks}
-    path = write_result("scoring", result)
+              "ecseq_over_encoder": ecseq_s / encoder_s, "ecseq_single_s": single_s, "growth": growth}
     print(f"encoder alone {encoder_s * 1e6:.2f} us/event (single {np.median(encoder_single) * 1e6:.1f} us); "
           f"ecseq {ecseq_s * 1e6:.2f} us/event = {ecseq_s / encoder_s:.2f}x encoder; single {single_s * 1e6:.1f} us")
-    for name, ok in checks.items():
-        print(f"  {'PASS' if ok else 'FAIL'} {name}")
-    print(f"wrote {path}")
-    return 0 if all(checks.values()) else 1
+    return report_checks("scoring", result, checks)
 
 
 if __name__ == "__main__":

@@ -53,3 +53,12 @@ def write_result(name: str, result: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=1))
     return path
+
+
+def report_checks(name: str, result: dict, checks: dict[str, bool]) -> int:
+    """Write the result with its checks, print PASS/FAIL per target; the exit code says whether all passed."""
+    path = write_result(name, {**result, "checks": checks})
+    for check, ok in checks.items():
+        print(f"  {'PASS' if ok else 'FAIL'} {check}")
+    print(f"wrote {path}")
+    return 0 if all(checks.values()) else 1

@@ -1,6 +1,7 @@
-"""The `ecseq` command. Subcommands parse arguments and delegate to the library.
+"""The core's `ecseq` subcommands (offline evaluation) and the argument helpers the others share.
 
-User errors (bad paths, columns, values) print one line and exit 2; no traceback.
+The `ecseq` command itself is assembled in `ecseq_cli`, outside the core, so the core never
+imports the Kafka-facing packages. User errors raise DataError (one line, exit 2).
 """
 
 from __future__ import annotations
@@ -17,10 +18,21 @@ import torch
 from ecseq.compression import METHODS as COMPRESSIONS
 from ecseq.data.datasets import DATASETS, load_dataset
 from ecseq.data.events import DataError, EventTable, read_events
-from ecseq.data.splits import Split, check_trainable, read_split_file, split_by_time, split_by_user
+from ecseq.data.splits import (
+    Split,
+    check_trainable,
+    read_split_file,
+    split_by_time,
+    split_by_user,
+)
 from ecseq.encoders.models import BACKBONES
 from ecseq.encoders.training import EncoderTrainConfig
-from ecseq.evaluation.experiment import METHODS, SCENARIOS, ExperimentConfig, run_experiment
+from ecseq.evaluation.experiment import (
+    METHODS,
+    SCENARIOS,
+    ExperimentConfig,
+    run_experiment,
+)
 from ecseq.evaluation.report import format_table, write_report
 from ecseq.gnn import LAYERS
 from ecseq.gnn_training import GNNTrainConfig
@@ -52,12 +64,16 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split-file", type=Path, help="CSV user_id,split (train/val/test) made elsewhere")
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def add_encoder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", choices=BACKBONES, default="lstm")
     p.add_argument("--hidden", type=int, default=32, help="embedding size (default 32)")
     p.add_argument("--epochs", type=int, default=EncoderTrainConfig().epochs,
                    help="max encoder epochs (early stopping on val AUC)")
     p.add_argument("--lr", type=float, default=EncoderTrainConfig().lr, help="encoder learning rate")
+
+
+def add_relation_args(p: argparse.ArgumentParser) -> None:
+    """Flags of the compressed graph and GNN, shared by evaluate and the builder commands."""
     p.add_argument("--compression", choices=COMPRESSIONS, default="balanced_kmeans")
     p.add_argument("--k", type=int, default=500, help="compressed nodes")
     p.add_argument("--positive-k", type=int, default=100, help="nodes for positives (balanced methods)")
@@ -73,24 +89,52 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-label-rate", action="store_true", help="hide node positive rates from the GNN")
     p.add_argument("--no-residual", action="store_true", help="GNN scores from scratch, not on top of the encoder")
     p.add_argument("--gnn-epochs", type=int, default=GNNTrainConfig().epochs)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ecseq",
-                                     description="ECSeq: sequence scoring with compressed relation graphs")
-    sub = parser.add_subparsers(dest="command", required=True)
+def check_positive(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        if getattr(args, name, 1) < 1:
+            raise DataError(f"--{name.replace('_', '-')} must be at least 1")
+
+
+def encoder_train_config(args: argparse.Namespace) -> EncoderTrainConfig:
+    check_positive(args, "hidden", "epochs")
+    return EncoderTrainConfig(epochs=args.epochs, lr=args.lr, progress=not args.quiet)
+
+
+def relation_config(args: argparse.Namespace) -> RelationConfig:
+    check_positive(args, "k", "positive_k", "gnn_epochs")
+    try:
+        attachment = Attachment(epsilon=args.epsilon, top_k=args.top_k)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    return RelationConfig(
+        compression=args.compression, k=args.k, positive_k=args.positive_k, layer=args.layer,
+        attachment=attachment, residual=not args.no_residual, use_label_rate=not args.no_label_rate,
+        centroids=args.centroids,
+        gnn=GNNTrainConfig(epochs=args.gnn_epochs, align_weight=args.align_weight, progress=not args.quiet))
+
+
+def set_threads(threads: int) -> None:
+    """torch threads (0: its default) and faiss threads (0: one; it fights torch for cores, bench/)."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads or 1)
+
+
+def add_commands(sub) -> None:
     ev = sub.add_parser("evaluate", help="train and compare encoder, head, ECSeq and full graph offline")
     _add_data_args(ev)
-    _add_model_args(ev)
+    add_encoder_args(ev)
+    add_relation_args(ev)
     ev.add_argument("--out", type=Path, default=Path("runs/evaluate"), help="output directory")
     ev.add_argument("--scenario", choices=SCENARIOS, default="standard")
     ev.add_argument("--methods", type=_methods, default=METHODS, help="comma-separated subset of " + ",".join(METHODS))
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--repeats", type=int, default=1, help="runs with seeds seed..seed+N-1 (mean and std)")
     ev.add_argument("--threads", type=int, default=0, help="torch and faiss threads (0: torch default, faiss 1)")
-    ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(run=cmd_evaluate)
-    return parser
 
 
 def load_table(args: argparse.Namespace) -> tuple[str, EventTable]:
@@ -111,30 +155,14 @@ def make_split(args: argparse.Namespace, table: EventTable, seed: int) -> Split:
 
 
 def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
-    for name in ("window", "hidden", "epochs", "k", "positive_k", "gnn_epochs", "repeats"):
-        if getattr(args, name, 1) < 1:
-            raise DataError(f"--{name.replace('_', '-')} must be at least 1")
-    try:
-        attachment = Attachment(epsilon=args.epsilon, top_k=args.top_k)
-    except ValueError as exc:
-        raise DataError(str(exc)) from None
-    return ExperimentConfig(
-        window=args.window, scenario=args.scenario, backbone=args.backbone, hidden=args.hidden,
-        encoder=EncoderTrainConfig(epochs=args.epochs, lr=args.lr, progress=not args.quiet),
-        relation=RelationConfig(
-            compression=args.compression, k=args.k, positive_k=args.positive_k, layer=args.layer,
-            attachment=attachment, residual=not args.no_residual, use_label_rate=not args.no_label_rate,
-            centroids=args.centroids,
-            gnn=GNNTrainConfig(epochs=args.gnn_epochs, align_weight=args.align_weight, progress=not args.quiet)),
-        methods=args.methods)
+    check_positive(args, "window", "repeats")
+    return ExperimentConfig(window=args.window, scenario=args.scenario, backbone=args.backbone, hidden=args.hidden,
+                            encoder=encoder_train_config(args), relation=relation_config(args), methods=args.methods)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     config = experiment_config(args)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    # faiss's OpenMP threads fight torch's for the same cores; one is as fast here (bench/)
-    faiss.omp_set_num_threads(args.threads or 1)
+    set_threads(args.threads)
     name, table = load_table(args)
     dataset = {"name": name, **table.describe()}
     print(f"data: {name}: {dataset['users']} users, {dataset['events']} events, {dataset['labelled']} labelled, "
@@ -157,18 +185,3 @@ def _jsonable(value):
     return json.loads(json.dumps(value, default=str))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.run(args)
-    except DataError as exc:
-        print(f"ecseq: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("ecseq: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

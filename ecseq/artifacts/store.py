@@ -25,24 +25,23 @@ from pathlib import Path
 
 import numpy as np
 
-from ecseq.artifacts.format import (
-    MANIFEST,
-    REQUIRED_FILES,
-    ArtifactError,
+from ecseq.artifacts.bundle import (
     ModelBundle,
-    build_manifest,
     bundle_files,
     check_bundle,
     golden_windows,
+)
+from ecseq.artifacts.manifest import build_manifest, jsonable, manifest_bytes
+from ecseq.artifacts.names import (
+    MANIFEST,
+    REQUIRED_FILES,
+    ArtifactError,
     is_version_name,
-    jsonable,
-    manifest_bytes,
-    read_artifact,
-    read_manifest,
     unsafe_name_problem,
     version_name,
     version_number,
 )
+from ecseq.artifacts.reader import read_artifact, read_manifest
 from ecseq.scoring import Scorer
 
 log = logging.getLogger("ecseq.artifacts")

@@ -62,9 +62,7 @@ class EventTable:
 def read_events(path: str | os.PathLike, categorical: Sequence[str] = ()) -> EventTable:
     """Read a CSV or Parquet event file; errors name the file so the user knows which is wrong."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"events file not found: {path}")
-    frame = _read_table(path, categorical)
+    frame = read_frame(path, categorical)
     try:
         return events_from_frame(frame, categorical, source=_stem(path))
     except DataError as err:
@@ -105,8 +103,11 @@ def _stem(path: Path) -> str:
     return name
 
 
-def _read_table(path: Path, categorical: Sequence[str]) -> pd.DataFrame:
-    """Parse the file by extension, turning any parser failure into one readable line."""
+def read_frame(path: str | os.PathLike, categorical: Sequence[str] = ()) -> pd.DataFrame:
+    """The raw rows of a CSV or Parquet event file, not yet validated; any read failure is one line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"events file not found: {path}")
     name = path.name.lower()
     try:
         if name.endswith(CSV_SUFFIXES):
@@ -143,7 +144,7 @@ def _first_row(mask: np.ndarray) -> int:
     return int(np.argmax(mask)) + 1
 
 
-def _missing(values: pd.Series) -> np.ndarray:
+def missing_values(values: pd.Series) -> np.ndarray:
     """Missing means NaN/None/NaT or blank text."""
     missing = values.isna().to_numpy()
     if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_datetime64_any_dtype(values):
@@ -153,7 +154,7 @@ def _missing(values: pd.Series) -> np.ndarray:
 
 def _require_present(values: pd.Series, column: str) -> None:
     """Say how many rows lack a required value and where the first one is."""
-    missing = _missing(values)
+    missing = missing_values(values)
     if missing.any():
         raise DataError(
             f"{column} is missing on {int(missing.sum())} row(s) (first: row {_first_row(missing)})"
@@ -182,17 +183,7 @@ def _user_ids(values: pd.Series) -> pd.Series:
 def _timestamps(values: pd.Series) -> pd.Series:
     """Seconds as float64: numbers kept; ISO-8601 text and datetimes become UTC epoch seconds."""
     _require_present(values, TS)
-    if pd.api.types.is_datetime64_any_dtype(values):
-        seconds = _epoch_seconds(values)
-    elif pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-        seconds = values.astype("float64")
-    else:
-        # Parse as text so Python numbers in an object column are not mistaken for nanoseconds.
-        text = values.astype(str)
-        seconds = _epoch_seconds(pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce"))
-        as_number = seconds.isna()
-        if as_number.any():
-            seconds[as_number] = pd.to_numeric(text[as_number], errors="coerce")
+    seconds = parse_timestamps(values)
     bad = ~np.isfinite(seconds.to_numpy())
     if bad.any():
         row = _first_row(bad)
@@ -200,6 +191,21 @@ def _timestamps(values: pd.Series) -> pd.Series:
             f"ts cannot be parsed at row {row}: '{values.iloc[row - 1]}' "
             "(expected a number or ISO-8601 time)"
         )
+    return seconds
+
+
+def parse_timestamps(values: pd.Series) -> pd.Series:
+    """Epoch seconds as float64, NaN where a value is missing or cannot be parsed."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return _epoch_seconds(values)
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return values.astype("float64")
+    # Parse as text so Python numbers in an object column are not mistaken for nanoseconds.
+    text = values.astype(str)
+    seconds = _epoch_seconds(pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce"))
+    as_number = seconds.isna()
+    if as_number.any():
+        seconds[as_number] = pd.to_numeric(text[as_number], errors="coerce")
     return seconds
 
 
@@ -212,16 +218,22 @@ def _epoch_seconds(times: pd.Series) -> pd.Series:
 
 def _labels(values: pd.Series) -> pd.Series:
     """Labels as 0.0/1.0/NaN; accepts 0/1 as numbers, as text ("0", "1.0") or as true/false."""
-    blank = _missing(values)
+    labels, bad = parse_labels(values)
+    if bad.any():
+        row = _first_row(bad)
+        raise DataError(f"label must be 0, 1 or empty; row {row} has '{values.iloc[row - 1]}'")
+    return labels
+
+
+def parse_labels(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """(labels as 0.0/1.0/NaN, mask of values that are present but not a 0/1 label)."""
+    blank = missing_values(values)
     if pd.api.types.is_numeric_dtype(values):
         labels = values.astype("float64")
     else:
         labels = values.astype(str).str.strip().str.lower().map(_LABEL_TEXT).astype("float64")
     bad = ~blank & ~labels.isin([0.0, 1.0]).to_numpy()
-    if bad.any():
-        row = _first_row(bad)
-        raise DataError(f"label must be 0, 1 or empty; row {row} has '{values.iloc[row - 1]}'")
-    return labels
+    return labels, bad
 
 
 def _event_ids(df: pd.DataFrame, source: str) -> pd.Series:

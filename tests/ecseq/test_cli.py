@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ecseq.cli import main
+from ecseq_cli import main
 
 
 def _events(users: int = 6, per_user: int = 5, seed: int = 0) -> pd.DataFrame:

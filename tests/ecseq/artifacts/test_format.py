@@ -11,15 +11,10 @@ import numpy as np
 import pytest
 
 from ecseq.artifacts import FORMAT_VERSION, REASONS, ArtifactError
-from ecseq.artifacts.format import (
-    is_version_name,
-    jsonable,
-    npz_bytes,
-    read_artifact,
-    read_npz,
-    unsafe_name_problem,
-    version_name,
-)
+from ecseq.artifacts.manifest import jsonable
+from ecseq.artifacts.names import is_version_name, unsafe_name_problem, version_name
+from ecseq.artifacts.reader import read_artifact
+from ecseq.artifacts.safe_npz import npz_bytes, read_npz
 from tests.ecseq.artifacts.conftest import publish, savez_bytes
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ecseq.cli import main
+from ecseq_cli import main
 from ecseq.data.synthetic import generate_synthetic
 from ecseq.features import FeatureSpec
 
