@@ -23,6 +23,7 @@ bench: install
 	$(BIN)/python -m bench.bench_scoring
 	$(BIN)/python -m bench.bench_build
 	$(BIN)/python -m bench.bench_rebuild
+	$(BIN)/python -m bench.bench_rebuild --source kafka
 	$(BIN)/python -m bench.bench_artifacts
 
 clean:

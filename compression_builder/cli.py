@@ -22,6 +22,7 @@ from compression_builder.pipeline import (
     EncoderConfig,
     train_fresh_encoder,
 )
+from compression_builder.report import REFUSED_DIR, REPORT
 from compression_builder.service import (
     AnnounceError,
     BuildJob,
@@ -231,6 +232,11 @@ def cmd_list(args: argparse.Namespace) -> int:
               f"{'-' if ap is None else format(ap, '.4f'):>8}  {status}")
     if not store.versions():
         print(f"(no versions in {store.root})")
+    refused = sorted((store.root / REFUSED_DIR).glob(f"*/{REPORT}"))
+    if refused:
+        last = json.loads(refused[-1].read_text())
+        print(f"last refused build: {last.get('created_at', '?')} ({', '.join(last.get('refused', []))}); "
+              f"{len(refused)} report(s) under {store.root / REFUSED_DIR}")
     return 0
 
 

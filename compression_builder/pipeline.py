@@ -44,6 +44,7 @@ from ecseq.evaluation.experiment import training_events
 from ecseq.evaluation.metrics import summarize
 from ecseq.features import FeatureSpec
 from ecseq.gnn_training import Labelled
+from ecseq.graph import CompressedGraph, normalise
 from ecseq.relation import RelationConfig, encoder_logits, fit_compressed
 from ecseq.scoring import ScoreBatch
 from ecseq.sequences import SequenceWindows
@@ -176,10 +177,14 @@ def rebuild(store: ArtifactStore, gathered: Gathered, config: BuildConfig, servi
         candidate = _score(bundle.scorer(), hold_emb)
         scores = {"candidate": candidate.score, "encoder": candidate.encoder_score}
         if serving is not None:
-            scores["serving"] = _serving_scores(serving, hold_emb, fresh is None, table, split.test)
+            missing = [c for c in serving.bundle.feature_spec.columns if c not in table.frame.columns]
+            if missing:  # a new encoder on new columns: the old artifact cannot score this data
+                report["serving"]["problem"] = f"cannot score this data: no column(s) {', '.join(missing)}"
+            else:
+                scores["serving"] = _serving_scores(serving, hold_emb, fresh is None, table, split.test)
         metrics = {name: summarize(y, s) for name, s in scores.items()}
-        metrics["candidate"].update(_neighbour_stats(candidate))
-        if serving is not None:
+        metrics["candidate"].update(_neighbour_stats(candidate, hold_emb, model.graph))
+        if "serving" in metrics:
             metrics["serving"]["version"] = serving.version
     report["metrics"] = metrics
     report["graph"] = _graph_stats(model.graph)
@@ -233,12 +238,15 @@ def _serving_scores(serving: LoadedArtifact, embeddings: np.ndarray, same_encode
     return _score(serving.scorer, embed_rows(bundle.encoder, windows, rows)).score
 
 
-def _neighbour_stats(batch: ScoreBatch) -> dict[str, float]:
+def _neighbour_stats(batch: ScoreBatch, embeddings: np.ndarray, graph: CompressedGraph) -> dict:
+    """How held-out events attach: with a threshold, drift shows as events with no neighbour at all;
+    with pure top-k, as a falling cosine similarity to the nearest node."""
+    best = (normalise(embeddings) @ normalise(graph.centroids).T).max(axis=1)
     return {"zero_neighbour_rate": float((batch.neighbours == 0).mean()),
-            "mean_neighbours": float(batch.neighbours.mean())}
+            "mean_neighbours": float(batch.neighbours.mean()), "best_similarity": _quantiles(best)}
 
 
-def _graph_stats(graph) -> dict:
+def _graph_stats(graph: CompressedGraph) -> dict:
     purity = np.maximum(graph.positive_rate, 1.0 - graph.positive_rate)
     return {"nodes": graph.k, "size": _quantiles(graph.size), "purity": _quantiles(purity),
             "positive_nodes": int((graph.positive_rate > 0.5).sum())}

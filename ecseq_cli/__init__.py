@@ -16,6 +16,7 @@ from ecseq import cli as core_cli
 from ecseq.artifacts import ArtifactError, StoreBusy
 from ecseq.data.events import DataError
 from ecseq.settings import Settings
+from kafka_io import cli as kafka_cli
 from kafka_io.broker import BrokerError
 
 EXIT_USAGE = 2
@@ -29,6 +30,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     core_cli.add_commands(sub)
     builder_cli.add_commands(sub, settings)
+    kafka_cli.add_commands(sub, settings)
     return parser
 
 

@@ -94,3 +94,36 @@ def test_two_builders_started_together_leave_a_consistent_store(store, events_cs
         artifacts.verify(version)
     parents = {artifacts.manifest(v)["parent"] for v in ("v000002", "v000003")}
     assert parents == {"v000001", "v000002"}  # the second build saw the first's publish
+
+
+def test_list_points_at_the_last_refused_build(store, events_frame, tmp_path, capsys):
+    path = tmp_path / "negatives.csv"
+    events_frame.assign(label=0.0).to_csv(path, index=False)
+    assert main(["build", "--store", str(store), "--events", str(path), *FAST]) == 3
+    capsys.readouterr()
+    main(["artifacts", "list", "--store", str(store)])
+    assert "last refused build:" in capsys.readouterr().out
+
+
+def test_a_builder_killed_mid_publish_leaves_old_or_new_and_the_next_build_recovers(store, events_csv):
+    """SIGKILL as soon as the publish starts staging (or, if it is quicker than the poll, after it)."""
+    artifacts = ArtifactStore(store)
+    proc = _build(store, events_csv)
+    staging, versions = store / ".staging", store / "versions"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (staging.is_dir() and any(staging.iterdir())) or (versions / "v000002").exists():
+            break
+        time.sleep(0.001)
+    proc.kill()
+    proc.wait()
+    assert artifacts.current() in ("v000001", "v000002")
+    assert artifacts.versions() in (["v000001"], ["v000001", "v000002"])
+    for version in artifacts.versions():
+        artifacts.verify(version)
+    assert artifacts.load().version == artifacts.current()
+    recovered = _build(store, events_csv)
+    _, err = recovered.communicate(timeout=120)
+    assert recovered.returncode == 0, err
+    assert artifacts.load().version == artifacts.versions()[-1]
+    assert not staging.is_dir() or not any(staging.iterdir())  # leftovers swept

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +17,7 @@ from ecseq.artifacts import ArtifactStore
 from ecseq_cli import main
 from kafka_io.broker import free_port
 from kafka_io.topics import ensure_topics, produce_json, read_topic
+from tests.processes import child, terminate
 
 from .conftest import FAST
 
@@ -97,39 +96,34 @@ def _sample(text: str, name: str, **labels: str) -> float | None:
 
 
 def test_builder_service_rebuilds_on_schedule_serves_metrics_and_stops_on_sigterm(broker, topic_names, store,
-                                                                                   events_frame):
+                                                                                   events_frame, tmp_path):
     events, labels, control = topic_names("events"), topic_names("labels"), topic_names("artifacts")
     _publish_stream(broker.bootstrap, events_frame, events, labels)
     port = free_port()
-    proc = subprocess.Popen(
+    log = tmp_path / "builder.log"
+    with child(
         [sys.executable, "-m", "ecseq_cli", "builder", "--store", str(store), "--kafka", broker.bootstrap,
          "--events-topic", events, "--labels-topic", labels, "--artifacts-topic", control, "--every", "1s",
          "--since", "365d", "--metrics-port", str(port), "--keep", "2", "--force", *FAST],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
+        stdout=log.open("w"), stderr=subprocess.STDOUT) as proc:
         deadline = time.monotonic() + 120
         text = ""
         while time.monotonic() < deadline:
             time.sleep(1.0)
-            assert proc.poll() is None, proc.stdout.read()
+            assert proc.poll() is None, log.read_text()
             try:
                 text = _scrape(port)
             except OSError:
                 continue
             if (_sample(text, "ecseq_builder_builds_total", result="published") or 0) >= 2:
                 break
-        assert (_sample(text, "ecseq_builder_builds_total", result="published") or 0) >= 2, text
+        assert (_sample(text, "ecseq_builder_builds_total", result="published") or 0) >= 2, log.read_text()
         assert _sample(text, "ecseq_builder_last_success_timestamp_seconds") > time.time() - 120
         assert _sample(text, "ecseq_builder_stage_duration_seconds_count", stage="gnn") >= 2
         assert _sample(text, "ecseq_builder_skipped_rows_total", source="labels", reason="unknown_user") >= 2
         assert _sample(text, "ecseq_builder_samples", part="holdout") > 0
         assert 0.5 < _sample(text, "ecseq_builder_evaluation", model="serving", metric="auc") <= 1.0
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        assert terminate(proc) == 0
     versions = [r.json()["version"] for r in read_topic(broker.bootstrap, control)]
     assert len(versions) >= 2 and versions == sorted(versions)
     artifacts = ArtifactStore(store)

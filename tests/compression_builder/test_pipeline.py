@@ -25,6 +25,7 @@ def test_train_encoder_publishes_a_complete_verified_first_artifact(trained_stor
     assert report["result"] == "published" and report["encoder"]["fresh"]
     assert set(report["metrics"]) == {"candidate", "encoder"}  # nothing served before
     assert 0.0 <= report["metrics"]["candidate"]["zero_neighbour_rate"] <= 1.0
+    assert 0.0 < report["metrics"]["candidate"]["best_similarity"]["median"] <= 1.0
     assert report["data"]["fit"]["to"] <= report["data"]["holdout"]["from"]  # newest labels held out
     for part in ("fit", "val", "holdout"):
         assert report["data"][part]["rows"] > 0
@@ -105,3 +106,25 @@ def test_refused_reports_are_pruned_to_keep(store, events_frame, tmp_path, capsy
         main(["build", "--store", str(store), "--events", str(path), "--keep", "2", *FAST])
     capsys.readouterr()
     assert len(list((store / "refused").iterdir())) == 2
+
+
+def test_retraining_the_encoder_is_gated_against_serving_through_its_own_encoder(store, events_csv, events_frame,
+                                                                                  tmp_path, capsys):
+    code = main(["train-encoder", "--events", str(events_csv), "--store", str(store), "--epochs", "2", "--seed", "1",
+                 "--force", *FAST])
+    capsys.readouterr()
+    assert code == 0
+    loaded = ArtifactStore(store).load()
+    assert loaded.version == "v000002"
+    assert loaded.manifest["parent"] == "v000001" and loaded.manifest["encoder_version"] == "v000002"
+    report = json.loads((loaded.path / "report.json").read_text())
+    assert report["metrics"]["serving"]["version"] == "v000001"  # scored through v000001's own encoder
+    assert report["metrics"]["serving"]["auc"] > 0.5
+
+    fewer = tmp_path / "fewer.csv"
+    events_frame.drop(columns=["device"]).to_csv(fewer, index=False)
+    code = main(["train-encoder", "--events", str(fewer), "--store", str(store), "--epochs", "1", *FAST])
+    capsys.readouterr()
+    report = json.loads((ArtifactStore(store).load().path / "report.json").read_text())
+    assert code == 0 and "serving" not in report["metrics"]
+    assert "no column(s) device" in report["serving"]["problem"]

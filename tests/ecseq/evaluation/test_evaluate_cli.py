@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ecseq_cli import main
 from ecseq.data.synthetic import generate_synthetic
 from ecseq.features import FeatureSpec
+from ecseq_cli import main
 
 FAST = ["--epochs", "2", "--gnn-epochs", "4", "--k", "40", "--positive-k", "8", "--quiet", "--threads", "1"]
 
