@@ -211,7 +211,11 @@ def cmd_builder(args: argparse.Namespace) -> int:
     job = _job(args, _gather_kafka, metrics)
     every = parse_duration(args.every)
     if args.metrics_port:
-        port = metrics.serve(args.metrics_port, args.metrics_host)
+        try:
+            port = metrics.serve(args.metrics_port, args.metrics_host)
+        except OSError as exc:
+            raise DataError(f"cannot serve /metrics on {args.metrics_host}:{args.metrics_port}: "
+                            f"{exc.strerror or exc}") from None
         print(f"builder metrics on http://{args.metrics_host}:{port}/metrics", file=sys.stderr, flush=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -74,19 +74,30 @@ def gather_frame(frame: pd.DataFrame, categorical: Sequence[str], numeric: Seque
 def read_kafka(bootstrap: str, events_topic: str, labels_topic: str, numeric: Sequence[str],
                categorical: Sequence[str], since: float | None = None) -> Gathered:
     """Every event on `events_topic` joined with its latest label from `labels_topic`."""
-    from kafka_io.topics import (
-        read_topic,  # the core install does not need Kafka for file builds
-    )
-
-    event_rows, skipped_events = _decode_events(read_topic(bootstrap, events_topic), numeric, categorical)
+    event_rows, skipped_events = _decode_events(_read(bootstrap, events_topic), numeric, categorical)
     frame = pd.DataFrame(event_rows, columns=[EVENT_ID, USER, TS, *numeric, *categorical])
     frame, more = drop_bad_rows(frame, numeric)
     skipped_events.update(more)
-    labels, skipped_labels = _decode_labels(read_topic(bootstrap, labels_topic), frame)
+    labels, skipped_labels = _decode_labels(_read(bootstrap, labels_topic), frame)
     frame[LABEL] = frame[EVENT_ID].astype(str).map(labels).astype("float64")
     where = f"kafka {bootstrap} topics {events_topic} + {labels_topic}"
     return Gathered(_table(_within(frame, since), categorical, where), where,
                     {"events": skipped_events, "labels": skipped_labels})
+
+
+def _read(bootstrap: str, topic: str) -> list:
+    """A whole topic; an unreachable or failing broker is one line for the operator.
+
+    Kafka is imported here, not at the top: file builds never need it.
+    """
+    from aiokafka.errors import KafkaError
+
+    from kafka_io.topics import read_topic
+
+    try:
+        return read_topic(bootstrap, topic)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        raise DataError(f"cannot read topic {topic} from Kafka at {bootstrap}: {exc}") from None
 
 
 def _require_columns(present, needed: Sequence[str], where: str, kind: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -127,3 +128,13 @@ def test_a_builder_killed_mid_publish_leaves_old_or_new_and_the_next_build_recov
     assert recovered.returncode == 0, err
     assert artifacts.load().version == artifacts.versions()[-1]
     assert not staging.is_dir() or not any(staging.iterdir())  # leftovers swept
+
+
+def test_builder_with_a_busy_metrics_port_says_which(store, capsys):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        code = main(["builder", "--store", str(store), "--kafka", "127.0.0.1:1", "--metrics-port", str(port)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"127.0.0.1:{port}" in err and "Traceback" not in err

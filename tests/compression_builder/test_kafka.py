@@ -151,3 +151,9 @@ def test_build_from_an_empty_topic_says_so(broker, topic_names, store, capsys, m
                  topic_names(missing), "--labels-topic", topic_names("labels"), *FAST])
     err = capsys.readouterr().err
     assert code == 2 and "no usable events" in err
+
+
+def test_an_unreachable_broker_is_one_line(store, capsys):
+    code = main(["build", "--store", str(store), "--kafka", f"127.0.0.1:{free_port()}", *FAST])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot read topic" in err and "Traceback" not in err
