@@ -83,15 +83,15 @@ def main() -> int:
                 return read_kafka(broker.bootstrap, EVENTS, LABELS, numeric, categorical)
             return read_event_file(events, categorical, numeric)
 
-        job = BuildJob(store, gather, config)
+        job = BuildJob(store, gather, config, force=True)
         encoder = EncoderConfig(train=EncoderTrainConfig(epochs=2, progress=False))
         started = time.perf_counter()
-        first = job.run(fresh=lambda g, clock: train_fresh_encoder(g, config, encoder, clock), force=True)
+        first = job.run(fresh=lambda g, clock: train_fresh_encoder(g, config, encoder, clock))
         print(f"setup: train-encoder (2 epochs) + first build {time.perf_counter() - started:.1f} s -> "
               f"{first.published.version}", file=sys.stderr)
 
         started = time.perf_counter()
-        outcome = job.run(force=True)
+        outcome = job.run()
         total_s = time.perf_counter() - started
         stages = outcome.stage_seconds
         core_s = sum(stages.get(s, 0.0) for s in CORE_STAGES)

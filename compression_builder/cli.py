@@ -175,7 +175,7 @@ def _job(args: argparse.Namespace, gather, metrics: BuilderMetrics | None = None
     announce = args.announce or getattr(args, "kafka", None)
     topic = getattr(args, "artifacts_topic", Settings().artifacts_topic)
     return BuildJob(_store(args), partial(gather, args), _build_config(args), metrics,
-                    kafka_announcer(announce, topic) if announce else None, wait_for_lock=args.wait)
+                    kafka_announcer(announce, topic) if announce else None, wait_for_lock=args.wait, force=args.force)
 
 
 def _finish(outcome: BuildOutcome, metric: str) -> int:
@@ -195,14 +195,13 @@ def cmd_train_encoder(args: argparse.Namespace) -> int:
     encoder = EncoderConfig(window=args.window, backbone=args.backbone, hidden=args.hidden,
                             train=encoder_train_config(args), seed=args.seed)
     job = _job(args, _gather_file)
-    outcome = job.run(fresh=lambda gathered, clock: train_fresh_encoder(gathered, job.config, encoder, clock),
-                      force=args.force)
+    outcome = job.run(fresh=lambda gathered, clock: train_fresh_encoder(gathered, job.config, encoder, clock))
     return _finish(outcome, job.config.gate.metric)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
     job = _job(args, _gather_kafka if args.kafka else _gather_file)
-    return _finish(job.run(force=args.force), job.config.gate.metric)
+    return _finish(job.run(), job.config.gate.metric)
 
 
 def cmd_builder(args: argparse.Namespace) -> int:

@@ -59,9 +59,9 @@ class BuildJob:
     metrics: BuilderMetrics | None = None
     announce: Announcer | None = None
     wait_for_lock: bool = False
+    force: bool = False  # publish even if the quality gate refuses
 
-    def run(self, fresh: Callable[[Gathered, StageClock], FreshEncoder] | None = None,
-            force: bool = False) -> BuildOutcome:
+    def run(self, fresh: Callable[[Gathered, StageClock], FreshEncoder] | None = None) -> BuildOutcome:
         """One build under the store's build lock; `fresh` trains a new encoder first (train-encoder)."""
         clock = StageClock(self.metrics.observe_stage if self.metrics else None)
         with self.store.build_lock(wait=self.wait_for_lock):
@@ -73,7 +73,7 @@ class BuildJob:
             with clock("gather"):
                 gathered = self.gather(serving.bundle.feature_spec if fresh is None else None)
             encoder = fresh(gathered, clock) if fresh is not None else None
-            outcome = rebuild(self.store, gathered, self.config, serving, problem, clock, encoder, force)
+            outcome = rebuild(self.store, gathered, self.config, serving, problem, clock, encoder, self.force)
         if self.metrics is not None:
             self.metrics.observe(outcome)
         if outcome.published is not None and self.announce is not None:

@@ -53,8 +53,12 @@ class RelationModel:
 
 
 def _new_gnn(dim: int, config: RelationConfig) -> RelationGNN:
-    return RelationGNN(dim, dim + int(config.use_label_rate), config.layer, residual=config.residual,
-                       use_label_rate=config.use_label_rate)
+    """A GNN initialised from the config's seed alone, so the same data and seed rebuild the same model
+    whatever ran before in the process (the builder service rebuilds in one long-lived process)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(config.gnn.seed)
+        return RelationGNN(dim, dim + int(config.use_label_rate), config.layer, residual=config.residual,
+                           use_label_rate=config.use_label_rate)
 
 
 def _halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:

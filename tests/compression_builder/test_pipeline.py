@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 
 from ecseq.artifacts import ArtifactStore
 from ecseq_cli import main
@@ -128,3 +129,16 @@ def test_retraining_the_encoder_is_gated_against_serving_through_its_own_encoder
     report = json.loads((ArtifactStore(store).load().path / "report.json").read_text())
     assert code == 0 and "serving" not in report["metrics"]
     assert "no column(s) device" in report["serving"]["problem"]
+
+
+def test_rebuilds_are_reproducible(store, events_csv, capsys):
+    """Same data, same seed, same model, whatever the process did before (the service is long-lived)."""
+    for i in range(2):
+        torch.rand(7 + i)  # other work in the process moves the global RNG, by different amounts
+        assert main(["build", "--store", str(store), "--events", str(events_csv), "--force", *FAST]) == 0
+    capsys.readouterr()
+    artifacts = ArtifactStore(store)
+    first, second = (artifacts.load(v) for v in ("v000002", "v000003"))
+    for name in ("gnn.npz", "graph.npz"):
+        assert first.manifest["files"][name]["sha256"] == second.manifest["files"][name]["sha256"]
+    assert first.manifest["metrics"]["holdout"]["candidate"] == second.manifest["metrics"]["holdout"]["candidate"]

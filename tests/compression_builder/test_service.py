@@ -63,7 +63,7 @@ def test_a_failed_announcement_is_counted_not_fatal(store, events_csv):
         return read_event_file(events_csv, tuple(f.name for f in spec.categorical), [f.name for f in spec.numeric])
 
     config = BuildConfig(relation=RelationConfig(k=40, positive_k=10, gnn=GNNTrainConfig(epochs=5, progress=False)))
-    outcome = BuildJob(ArtifactStore(store), gather, config, metrics, announce).run(force=True)
+    outcome = BuildJob(ArtifactStore(store), gather, config, metrics, announce, force=True).run()
     assert outcome.published.version == "v000002" and ArtifactStore(store).current() == "v000002"
     assert metrics.registry.get_sample_value("ecseq_builder_announce_failures_total") == 1.0
     assert _count(metrics, "published") == 1
