@@ -26,7 +26,8 @@ EXIT_BUSY = 75  # EX_TEMPFAIL: another builder holds the store; try again later
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ecseq",
                                      description="ECSeq: sequence scoring with compressed relation graphs")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help="default INFO")
     sub = parser.add_subparsers(dest="command", required=True)
     core_cli.add_commands(sub)
     builder_cli.add_commands(sub, settings)
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ecseq: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     args = build_parser(settings).parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.run(args)
