@@ -6,8 +6,6 @@ and count every skipped row under a reason, so the report and the metrics show w
 
 from __future__ import annotations
 
-import json
-import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,13 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ecseq.data.cleaning import (
-    BAD_LABEL,
-    BAD_TYPE,
-    MISSING_FIELD,
-    NON_FINITE,
-    drop_bad_rows,
-)
+from ecseq.data.cleaning import BAD_LABEL, MISSING_FIELD, drop_bad_rows
 from ecseq.data.events import (
     EVENT_ID,
     LABEL,
@@ -34,11 +26,20 @@ from ecseq.data.events import (
     parse_timestamps,
     read_frame,
 )
+from ecseq.data.records import (
+    BAD_JSON,
+    EMPTY,
+    NOT_OBJECT,
+    EventSchema,
+    decode_event,
+    json_object,
+)
 
-BAD_JSON = "bad_json"
 UNKNOWN_EVENT = "unknown_event"  # a label for an event id the events topic does not hold
 UNKNOWN_USER = "unknown_user"  # a label whose user_id is not the user of its event
 _LABEL_VALUES = {0: 0.0, 1: 1.0, "0": 0.0, "1": 1.0}
+# The builder has always counted these as bad_json; other decode_event reasons are reported as they are.
+_AS_BAD_JSON = {EMPTY: BAD_JSON, NOT_OBJECT: BAD_JSON}
 
 
 @dataclass
@@ -122,43 +123,17 @@ def _table(frame: pd.DataFrame, categorical: Sequence[str], where: str) -> Event
     return events_from_frame(frame, categorical, source="events")
 
 
-def _decode_events(records, numeric: Sequence[str], categorical: Sequence[str]) -> tuple[list[dict], Counter]:
+def _decode_events(records, numeric: Sequence[str], categorical: Sequence[str]) -> tuple[list[tuple], Counter]:
+    """Rows (event_id, user_id, ts, *numeric, *categorical) of the events the worker would accept too."""
+    schema = EventSchema(tuple(numeric), tuple(categorical))
     rows, skipped = [], Counter()
-    needed = (EVENT_ID, USER, TS, *numeric, *categorical)
     for record in records:
-        value = _json_object(record.value)
-        reason = BAD_JSON if value is None else _event_problem(value, needed, numeric, categorical)
-        if reason:
-            skipped[reason] += 1
+        event = decode_event(record.value, schema)
+        if isinstance(event, str):
+            skipped[_AS_BAD_JSON.get(event, event)] += 1
             continue
-        rows.append({name: value[name] for name in needed})
+        rows.append((event.event_id, event.user_id, event.ts, *event.numeric, *event.categorical))
     return rows, skipped
-
-
-def _json_object(raw: bytes | None) -> dict | None:
-    try:
-        value = json.loads(raw) if raw is not None else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _event_problem(value: dict, needed: Sequence[str], numeric: Sequence[str],
-                   categorical: Sequence[str]) -> str | None:
-    if any(name not in value for name in needed) or value[EVENT_ID] is None or value[USER] is None:
-        return MISSING_FIELD
-    for name in numeric:
-        number = value[name]
-        if number is None:
-            continue
-        if isinstance(number, bool) or not isinstance(number, (int, float)):
-            return BAD_TYPE
-        if not math.isfinite(number):
-            return NON_FINITE
-    for name in (USER, EVENT_ID, *categorical):
-        if isinstance(value[name], (dict, list)):
-            return BAD_TYPE
-    return None
 
 
 def _is_label(value) -> bool:
@@ -170,8 +145,8 @@ def _decode_labels(records, events: pd.DataFrame) -> tuple[dict[str, float], Cou
     user_of = dict(zip(events[EVENT_ID].astype(str), events[USER].astype(str)))
     labels, skipped = {}, Counter()
     for record in records:
-        value = _json_object(record.value)
-        if value is None:
+        value = json_object(record.value, max_bytes=None)
+        if isinstance(value, str):
             skipped[BAD_JSON] += 1
         elif any(value.get(name) is None for name in (EVENT_ID, USER, LABEL)):
             skipped[MISSING_FIELD] += 1

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import cached_property
+from itertools import repeat
 
 import numpy as np
 import pandas as pd
@@ -36,6 +39,11 @@ class CategoricalFeature:
     @property
     def width(self) -> int:
         return len(self.vocabulary) + 1  # last slot: out-of-vocabulary / missing
+
+    @cached_property
+    def codes(self) -> dict[str, int]:
+        """Vocabulary value -> its slot; anything else (missing too) goes to the last slot (len(vocabulary))."""
+        return {v: i for i, v in enumerate(self.vocabulary)}
 
 
 @dataclass(frozen=True)
@@ -67,12 +75,55 @@ class FeatureSpec:
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         """Events (rows of `frame`, any extra columns ignored) -> float32 matrix (n, dim)."""
-        n = len(frame)
+        numeric = np.empty((len(frame), len(self.numeric)), dtype=np.float64)
+        for j, f in enumerate(self.numeric):
+            numeric[:, j] = pd.to_numeric(frame[f.name], errors="coerce").to_numpy(dtype=np.float64)
+        slots = np.empty((len(frame), len(self.categorical)), dtype=np.int64)
+        for j, f in enumerate(self.categorical):
+            slots[:, j] = frame[f.name].astype(str).map(f.codes).fillna(len(f.vocabulary)).to_numpy(dtype=np.int64)
+        return self.transform_slots(numeric, slots)
+
+    def transform_arrays(self, numeric: np.ndarray, categorical: Sequence[Sequence[str | None]]) -> np.ndarray:
+        """`transform` without pandas, for the serving hot path: the same numbers, exactly.
+
+        `numeric` is (n, len(self.numeric)), columns in spec order, NaN (or any non-finite value)
+        for missing; `categorical` holds one sequence of n values per categorical column, in spec
+        order: text, or None for missing (the out-of-vocabulary slot, as `transform` gives a missing cell).
+        """
+        if len(categorical) != len(self.categorical):
+            raise ValueError(f"categorical must hold {len(self.categorical)} columns, got {len(categorical)}")
+        return self.transform_slots(numeric, self._slots(categorical, len(numeric)))
+
+    def category_slots(self, values: Sequence[str | None]) -> np.ndarray:
+        """(len(values), n_categorical) int64: the one-hot slot each value takes in every categorical
+        column, for featurising many events that share few distinct values (see transform_slots)."""
+        return self._slots([values] * len(self.categorical), len(values))
+
+    def _slots(self, columns: Sequence[Sequence[str | None]], n: int) -> np.ndarray:
+        slots = np.empty((n, len(self.categorical)), dtype=np.int64)
+        for j, (f, values) in enumerate(zip(self.categorical, columns)):
+            if len(values) != n:
+                raise ValueError(f"categorical column {f.name} has {len(values)} values for {n} rows")
+            slots[:, j] = np.fromiter(map(f.codes.get, values, repeat(len(f.vocabulary))), dtype=np.int64, count=n)
+        return slots
+
+    def transform_slots(self, numeric: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """`transform` from (n, numeric columns) values (non-finite = missing) and (n, categorical
+        columns) one-hot slots (as category_slots gives) -> (n, dim) float32."""
+        numeric = np.asarray(numeric, dtype=np.float64)
+        slots = np.asarray(slots, dtype=np.int64)
+        n = numeric.shape[0] if numeric.ndim == 2 else -1
+        if numeric.shape != (n, len(self.numeric)) or slots.shape != (n, len(self.categorical)):
+            raise ValueError(f"expected (n, {len(self.numeric)}) numeric values and (n, {len(self.categorical)}) "
+                             f"slots, got {numeric.shape} and {slots.shape}")
+        widths = np.array([f.width for f in self.categorical], dtype=np.int64)
+        if slots.size and ((slots < 0) | (slots >= widths)).any():
+            raise ValueError("a categorical slot is outside its column's vocabulary (+1 out-of-vocabulary slot)")
         out = np.zeros((n, self.dim), dtype=np.float32)
         out[:, 0] = 1.0
         col = 1
-        for f in self.numeric:
-            values = pd.to_numeric(frame[f.name], errors="coerce").to_numpy(dtype=np.float64)
+        for j, f in enumerate(self.numeric):
+            values = numeric[:, j]
             missing = ~np.isfinite(values)
             if f.log:
                 values = np.sign(values) * np.log1p(np.abs(values))
@@ -82,10 +133,9 @@ class FeatureSpec:
             if f.has_missing:
                 out[:, col] = missing
                 col += 1
-        for f in self.categorical:
-            lookup = {v: i for i, v in enumerate(f.vocabulary)}
-            codes = frame[f.name].astype(str).map(lookup).fillna(len(f.vocabulary)).to_numpy(dtype=np.int64)
-            out[np.arange(n), col + codes] = 1.0
+        rows = np.arange(n)
+        for j, f in enumerate(self.categorical):
+            out[rows, col + slots[:, j]] = 1.0
             col += f.width
         return out
 

@@ -44,6 +44,17 @@ class Settings:
     gate_tolerance: float = 0.005  # publish if candidate >= reference - tolerance
     metrics_host: str = "127.0.0.1"  # address the /metrics endpoints bind
     builder_metrics_port: int = 9102
+    # the stream worker
+    app_id: str = "ecseq-worker"  # consumer group and table/changelog prefix: replicas share it
+    partitions: int = 4  # partitions of the topics the worker creates (its parallelism limit)
+    batch_size: int = 200  # events scored in one call
+    batch_within: str = "20ms"  # ... or fewer, if this much time passed since the first
+    state_store: str = "rocksdb://"  # per-user sequence table: rocksdb:// (durable) or memory://
+    data_dir: str = "./worker-data"  # local state (RocksDB) of this replica
+    web_host: str = "127.0.0.1"  # /health, /ready, /metrics
+    web_port: int = 6066
+    swap_check_every: str = "5s"  # how often the worker looks at the store's CURRENT
+    max_event_bytes: int = 65536  # larger events go to the dead-letter topic
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -202,7 +202,10 @@ def parse_timestamps(values: pd.Series) -> pd.Series:
         return values.astype("float64")
     # Parse as text so Python numbers in an object column are not mistaken for nanoseconds.
     text = values.astype(str)
-    seconds = _epoch_seconds(pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce"))
+    parsed = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")
+    # e.g. year 1: a real date, but outside what nanosecond timestamps hold
+    parsed = parsed.where(parsed.between(pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC")))
+    seconds = _epoch_seconds(parsed)
     as_number = seconds.isna()
     if as_number.any():
         seconds[as_number] = pd.to_numeric(text[as_number], errors="coerce")

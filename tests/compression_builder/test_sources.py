@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -64,3 +66,21 @@ def test_window_without_labels_is_an_error(tmp_path):
     _frame().assign(label=np.nan).to_csv(path, index=False)
     with pytest.raises(DataError, match="no labelled events"):
         read_event_file(path, numeric=["amount"], categorical=("channel",))
+
+
+def test_kafka_events_are_validated_like_the_worker_validates_them():
+    """The builder decodes events with decode_event; its reason words stay the ones it has always reported."""
+    from types import SimpleNamespace
+
+    from compression_builder.sources import _decode_events
+    from ecseq.data.records import MAX_EVENT_BYTES
+
+    good = {"event_id": 7, "user_id": 3.0, "ts": "2024-01-01T00:00:00Z", "amount": None, "channel": "web"}
+    values = [json.dumps(good).encode(), None, b"[1]", b"{x", b" " * (MAX_EVENT_BYTES + 1),
+              json.dumps({**good, "event_id": "b", "amount": "lots"}).encode(),
+              json.dumps({**good, "event_id": "c", "ts": "someday"}).encode(),
+              json.dumps({k: v for k, v in good.items() if k != "channel"}).encode()]
+    rows, skipped = _decode_events([SimpleNamespace(value=v) for v in values], ["amount"], ["channel"])
+    assert dict(skipped) == {"bad_json": 3, "oversize": 1, "bad_type": 1, "bad_timestamp": 1, "missing_field": 1}
+    [(event_id, user_id, ts, amount, channel)] = rows
+    assert (event_id, user_id, ts, channel) == ("7", "3", 1_704_067_200.0, "web") and np.isnan(amount)

@@ -123,3 +123,69 @@ def test_json_round_trip_gives_identical_transform(tmp_path):
     frame.loc[3, "colour"] = "unseen"
     frame.loc[4, "gap"] = np.nan
     np.testing.assert_array_equal(loaded.transform(frame), spec.transform(frame))
+
+
+def _messy(n: int, seed: int) -> pd.DataFrame:
+    """Events of every awkward kind: missing and infinite numbers, negatives and huge values in the
+    log column, unseen and missing categories, as the event-table reader stores them (NaN = missing)."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"amount": rng.lognormal(0.0, 3.0, n) * rng.choice([1.0, -1.0], n, p=[0.9, 0.1]),
+                          "gap": rng.normal(10.0, 4.0, n), "temp": rng.normal(0.0, 3.0, n),
+                          "colour": rng.choice(["red", "blue", "green", "rare"], n).astype(object)})
+    frame.loc[rng.random(n) < 0.1, "amount"] = np.nan
+    frame.loc[rng.random(n) < 0.02, "amount"] = 1e300
+    frame.loc[rng.random(n) < 0.02, "gap"] = np.inf
+    frame.loc[rng.random(n) < 0.1, "gap"] = np.nan
+    frame["colour"] = np.where(rng.random(n) < 0.1, "never-seen", frame["colour"]).astype(object)
+    frame.loc[rng.random(n) < 0.1, "colour"] = np.nan
+    return frame
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_transform_arrays_equals_transform_exactly(seed):
+    spec = _spec()
+    assert spec.numeric[0].log and spec.numeric[1].has_missing
+    frame = _messy(2000, seed)
+    numeric = frame[["amount", "gap", "temp"]].to_numpy(dtype=np.float64)
+    colour = [None if isinstance(v, float) else v for v in frame["colour"]]
+    np.testing.assert_array_equal(spec.transform_arrays(numeric, [colour]), spec.transform(frame))
+    # float32 input (as user histories hold it) is the same as the float64 it widens to
+    with np.errstate(over="ignore"):
+        narrow = numeric.astype(np.float32)  # 1e300 -> inf: missing, in both
+    np.testing.assert_array_equal(spec.transform_arrays(narrow, [colour]),
+                                  spec.transform(frame.assign(**{c: narrow[:, j] for j, c in
+                                                                 enumerate(["amount", "gap", "temp"])})))
+
+
+def test_transform_slots_via_distinct_values_equals_transform():
+    spec = _spec()
+    frame = _messy(500, 3)
+    values = ["red", "blue", "never-seen", None]
+    pick = np.random.default_rng(0).integers(0, len(values), len(frame))
+    frame["colour"] = [np.nan if values[i] is None else values[i] for i in pick]
+    slots = spec.category_slots(values)
+    assert slots.shape == (4, 1) and slots[:, 0].tolist() == [2, 0, 3, 3]
+    got = spec.transform_slots(frame[["amount", "gap", "temp"]].to_numpy(), slots[pick])
+    np.testing.assert_array_equal(got, spec.transform(frame))
+
+
+def test_a_missing_category_is_out_of_vocabulary_even_when_the_text_nan_was_a_training_value():
+    frame = pd.DataFrame({"c": ["nan"] * 10 + ["a"] * 10})
+    spec = FeatureSpec.fit(frame, (), ("c",))
+    assert spec.categorical[0].vocabulary == ("a", "nan")
+    table_like = pd.DataFrame({"c": [np.nan, "a", "b", "nan"]}, dtype=object)
+    expected = spec.transform(table_like)
+    np.testing.assert_array_equal(expected[:, 1:].argmax(1), [2, 0, 2, 1])
+    np.testing.assert_array_equal(spec.transform_arrays(np.empty((4, 0)), [[None, "a", "b", "nan"]]), expected)
+
+
+def test_transform_arrays_checks_shapes():
+    spec = _spec()
+    with pytest.raises(ValueError, match="numeric"):
+        spec.transform_arrays(np.zeros((3, 2)), [["red"] * 3])
+    with pytest.raises(ValueError, match="columns"):
+        spec.transform_arrays(np.zeros((3, 3)), [])
+    with pytest.raises(ValueError, match="colour has 2 values for 3 rows"):
+        spec.transform_arrays(np.zeros((3, 3)), [["red"] * 2])
+    with pytest.raises(ValueError, match="slot"):
+        spec.transform_slots(np.zeros((1, 3)), np.array([[4]]))

@@ -189,6 +189,12 @@ def test_unparseable_ts_names_row_and_value(tmp_path: Path) -> None:
     assert "row 2" in message and "'yesterday'" in message and "ts" in message
 
 
+def test_a_date_outside_the_timestamp_range_is_a_data_error(tmp_path: Path) -> None:
+    path = _write_csv(tmp_path, "user_id,ts,label,x\nu,2024-01-01,1,1\nu,0001-01-01,0,1\n")
+    message = _error(path)
+    assert "row 2" in message and "'0001-01-01'" in message
+
+
 def test_missing_ts_and_user_count_rows(tmp_path: Path) -> None:
     path = _write_csv(tmp_path, "user_id,ts,label,x\nu,1,1,1\nu,,0,1\nu,,0,1\n")
     message = _error(path)

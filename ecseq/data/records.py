@@ -1,0 +1,190 @@
+"""One validator for JSON events, shared by the stream worker and the compression builder.
+
+An event on the wire is a UTF-8 JSON object with ``event_id``, ``user_id``, ``ts`` and one field
+per feature column. :func:`decode_event` turns its bytes into a normalised :class:`Event`, or
+says in one word why it cannot: the reason strings below are the ones dead letters, builder
+reports and metric labels use. The normalisation matches the event-table reader
+(``ecseq.data.events``), so an event decoded here and the same event read from a file give the
+same ids, timestamp and feature values:
+
+- ids are text: strings as sent, integral numbers without a fractional part (``7`` and ``7.0``
+  are both ``"7"``, like the reader's integral float columns), other numbers as Python prints them;
+- ``ts`` is epoch seconds: numbers as sent, text parsed like ``parse_timestamps`` (ISO-8601, UTC
+  when no zone is given; numeric text as a number);
+- a JSON ``null`` feature value is a missing value (NaN for a numeric, ``None`` for a categorical),
+  which the feature spec's missing indicator / out-of-vocabulary slot handles: it is not an error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pandas as pd
+
+from ecseq.data.cleaning import BAD_TIMESTAMP, BAD_TYPE, MISSING_FIELD, NON_FINITE
+from ecseq.data.events import EVENT_ID, TS, USER, parse_timestamps
+from ecseq.features import FeatureSpec
+
+MAX_EVENT_BYTES = 64 * 1024
+
+# Why an event was refused (alongside MISSING_FIELD, BAD_TYPE, NON_FINITE, BAD_TIMESTAMP).
+EMPTY = "empty"  # no value at all (a tombstone) or zero bytes
+OVERSIZE = "oversize"  # more than max_bytes
+BAD_JSON = "bad_json"  # not UTF-8, or not JSON
+NOT_OBJECT = "not_object"  # JSON, but not an object
+REASONS = (EMPTY, OVERSIZE, BAD_JSON, NOT_OBJECT, MISSING_FIELD, BAD_TYPE, NON_FINITE, BAD_TIMESTAMP)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# ISO-8601 text that datetime.fromisoformat reads exactly as pandas does (at most microseconds);
+# anything else goes through parse_timestamps itself, so both readers always agree.
+_PLAIN_ISO = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:\d{2})?)?")
+
+
+@dataclass(frozen=True)
+class EventSchema:
+    """The feature fields an event must carry, in the feature spec's order."""
+
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...]
+
+    @classmethod
+    def from_spec(cls, spec: FeatureSpec) -> EventSchema:
+        return cls(tuple(f.name for f in spec.numeric), tuple(f.name for f in spec.categorical))
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.numeric + self.categorical
+
+
+@dataclass(frozen=True)
+class Event:
+    """A validated event, normalised (see the module docstring)."""
+
+    event_id: str
+    user_id: str
+    ts: float  # epoch seconds
+    numeric: tuple[float, ...]  # in schema order; NaN = missing
+    categorical: tuple[str | None, ...]  # in schema order; None = missing
+
+
+def json_object(raw: bytes | bytearray | memoryview | None, max_bytes: int | None = MAX_EVENT_BYTES) -> dict | str:
+    """The JSON object in `raw`, or the reason it is not one (EMPTY, OVERSIZE, BAD_JSON, NOT_OBJECT)."""
+    if raw is None or len(raw) == 0:
+        return EMPTY
+    if max_bytes is not None and len(raw) > max_bytes:
+        return OVERSIZE
+    try:
+        value = json.loads(bytes(raw).decode("utf-8"))  # explicit: json.loads(bytes) would also take UTF-16/32
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return BAD_JSON
+    return value if isinstance(value, dict) else NOT_OBJECT
+
+
+def decode_event(raw: bytes | bytearray | memoryview | None, schema: EventSchema,
+                 max_bytes: int = MAX_EVENT_BYTES) -> Event | str:
+    """The validated event in `raw`, or the reason (one of REASONS) it was refused.
+
+    Checks run in this order, and the first failure is the reason: the bytes (EMPTY, OVERSIZE,
+    BAD_JSON, NOT_OBJECT); every field present, ids and ts not null, NaN or blank (MISSING_FIELD);
+    ids and categoricals not lists or objects (BAD_TYPE); each numeric field, in schema order,
+    null or a number (BAD_TYPE; a bool is not a number) and finite (NON_FINITE); numeric ids
+    finite (NON_FINITE); ts a finite number or time text (BAD_TIMESTAMP). Fields beyond the
+    schema's are ignored.
+    """
+    value = json_object(raw, max_bytes)
+    if isinstance(value, str):
+        return value
+    return event_from_object(value, schema)
+
+
+def event_from_object(value: dict, schema: EventSchema) -> Event | str:
+    """`decode_event` for an already-parsed JSON object."""
+    if any(name not in value for name in (EVENT_ID, USER, TS, *schema.numeric, *schema.categorical)):
+        return MISSING_FIELD
+    if any(_blank(value[name]) for name in (EVENT_ID, USER, TS)):
+        return MISSING_FIELD
+    ids = (value[EVENT_ID], value[USER])
+    if any(isinstance(v, (list, dict)) for v in (*ids, *(value[name] for name in schema.categorical))):
+        return BAD_TYPE
+    numeric = []
+    for name in schema.numeric:
+        number = _number(value[name])
+        if isinstance(number, str):
+            return number
+        numeric.append(number)
+    if any(isinstance(v, float) and not math.isfinite(v) for v in ids):
+        return NON_FINITE
+    ts = _timestamp(value[TS])
+    if ts is None:
+        return BAD_TIMESTAMP
+    categorical = tuple(None if _missing(value[name]) else as_text(value[name]) for name in schema.categorical)
+    return Event(as_text(ids[0]), as_text(ids[1]), ts, tuple(numeric), categorical)
+
+
+def as_text(value: str | bool | float) -> str:
+    """An id or category as the event-table reader writes it: integral numbers lose their '.0'."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2.0 ** 63:
+        return str(int(value))
+    return str(value)
+
+
+def _blank(value: object) -> bool:
+    """Missing like the table reader's missing_values: null, NaN, or blank text."""
+    return _missing(value) or (isinstance(value, str) and not value.strip())
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _number(value: object) -> float | str:
+    """A numeric feature value as float (NaN for null), or the reason it is refused."""
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return BAD_TYPE
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float range
+        return NON_FINITE
+    return number if math.isfinite(number) else NON_FINITE
+
+
+def _timestamp(value: object) -> float | None:
+    """Epoch seconds, or None if `value` is not a finite time."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        try:
+            seconds = float(value)
+        except OverflowError:
+            return None
+    elif isinstance(value, str):
+        seconds = _parse_text_time(value)
+    else:
+        return None
+    return seconds if math.isfinite(seconds) else None
+
+
+def _parse_text_time(value: str) -> float:
+    if _PLAIN_ISO.fullmatch(value):
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            delta = when - _EPOCH
+            nanoseconds = ((delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds) * 1000
+            return float(nanoseconds) / 1e9  # as pandas divides timedelta64[ns] by one second
+    try:
+        return float(parse_timestamps(pd.Series([value], dtype=object)).iloc[0])
+    except (ValueError, OverflowError):  # pandas' OutOfBoundsDatetime is a ValueError
+        return math.nan

@@ -1,0 +1,291 @@
+"""UserHistory: one user's last L validated events, and its compact binary form.
+
+The stream worker keeps one of these per user in a changelog-backed table. Events are stored
+raw (not featurised), so an artifact with a new feature spec or encoder re-featurises them.
+
+Order: events are kept sorted by ``ts``, ties in arrival order, because the offline event table
+sorts each user's events by time (a stable sort) and online scores equal offline ones only if
+the windows hold the same events in the same order. An event that arrives late is inserted where
+its time puts it; the windows of events scored before it had arrived are not revisited.
+
+Bound: never more than ``limit`` events (at least the artifact's window, for online windows to
+equal offline ones); the oldest go first. An event older than every event of a full history is
+not kept at all (its window would need events already dropped): ``append`` returns
+:data:`NOT_KEPT` for it.
+
+Numeric values are kept as float32 (NaN = missing; beyond float32's range they are clamped to
+its largest finite value, which the feature spec clips anyway), in memory exactly as in the
+bytes, so a history behaves the same before and after a round trip.
+
+Binary layout (version 1, little-endian), ~1.8 KB for 50 events of the synthetic data set::
+
+    B version | H n_numeric, H n_categorical | the column names' H lengths, their UTF-8 concatenated
+    H user id length, UTF-8 | H n events
+    n x H event id lengths, the ids' UTF-8 concatenated | n x f8 ts | n x n_numeric x f4 numerics
+    I distinct categorical values, their H lengths, their UTF-8 concatenated
+    B code width (1, 2 or 4) | n x n_categorical codes into those values, all ones = missing
+    I crc32 of everything before it
+
+In memory the categorical values are held the same way (codes into a per-history list of
+distinct values), which keeps the bytes round trip and featurisation cheap.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Sequence
+from itertools import accumulate, pairwise
+
+import numpy as np
+
+from ecseq.data.records import Event, EventSchema
+
+FORMAT_VERSION = 1
+NOT_KEPT = -1  # append's answer for an event older than every event of a full history
+MAX_LIMIT = 0xFFFF  # events a history can hold (the count is stored in two bytes)
+_F32_MAX = float(np.finfo(np.float32).max)
+_CODE_TYPES = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4")}
+
+
+class UserHistory:
+    """The last `limit` validated events of one user, oldest first, stored raw (not featurised) so a
+    new feature spec / encoder can re-featurise them. See the module docstring for order and bounds."""
+
+    __slots__ = ("_codes", "_ids", "_index", "_num", "_ts", "_values", "schema", "user_id")
+
+    def __init__(self, schema: EventSchema, user_id: str | None, ids: list[str], ts: np.ndarray,
+                 numeric: np.ndarray, codes: np.ndarray, values: list[str]) -> None:
+        self.schema = schema
+        self.user_id = user_id  # None until the first event
+        self._ids = ids
+        self._ts = ts  # (n,) float64, non-decreasing
+        self._num = numeric  # (n, len(schema.numeric)) float32, NaN = missing
+        self._codes = codes  # (n, len(schema.categorical)) int32 into _values, -1 = missing
+        self._values = values  # distinct categorical values (may hold some no event uses any more)
+        self._index: dict[str, int] | None = None  # value -> code, built on the first append
+
+    @classmethod
+    def empty(cls, schema: EventSchema) -> UserHistory:
+        return cls(schema, None, [], np.empty(0, dtype=np.float64),
+                   np.empty((0, len(schema.numeric)), dtype=np.float32),
+                   np.empty((0, len(schema.categorical)), dtype=np.int32), [])
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __repr__(self) -> str:
+        return f"UserHistory(user_id={self.user_id!r}, events={len(self)})"
+
+    @property
+    def event_ids(self) -> tuple[str, ...]:
+        return tuple(self._ids)
+
+    def event_id(self, position: int) -> str:
+        return self._ids[position]
+
+    def event(self, position: int) -> Event:
+        """The stored event at `position` (numerics as stored: float32 values, NaN = missing)."""
+        values = [*self._values, None]
+        return Event(self._ids[position], self.user_id or "", float(self._ts[position]),
+                     tuple(float(v) for v in self._num[position]),
+                     tuple(values[code] for code in self._codes[position]))
+
+    def events(self) -> list[Event]:
+        return [self.event(i) for i in range(len(self))]
+
+    def columns(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Events start..stop-1 column-wise, for featurising: numeric float32 (w, n_numeric) with
+        NaN = missing, categorical codes int32 (w, n_categorical) into the returned list of values,
+        -1 = missing."""
+        return self._num[start:stop], self._codes[start:stop], self._values
+
+    def append(self, event: Event, limit: int) -> int:
+        """Add `event` in time order; its position afterwards, or NOT_KEPT.
+
+        A duplicate (an event id still in the history) changes nothing and gives the position
+        of the copy already held, so a redelivered event is scored on the same window again.
+        Positions held from earlier appends may shift (an older event dropped, a late one
+        inserted before them): to score several events of one user in a batch, take a
+        `copy()` after each append.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+            raise ValueError(f"limit must be an int in 1..{MAX_LIMIT}, got {limit!r}")
+        if event.event_id in self._ids:
+            return self._ids.index(event.event_id)
+        if self.user_id is not None and event.user_id != self.user_id:
+            raise ValueError(f"event {event.event_id!r} of user {event.user_id!r} appended to the history "
+                             f"of user {self.user_id!r}")
+        if len(event.numeric) != len(self.schema.numeric) or len(event.categorical) != len(self.schema.categorical):
+            raise ValueError(f"event {event.event_id!r} does not match the history's schema {self.schema}")
+        if not np.isfinite(event.ts):
+            raise ValueError(f"event {event.event_id!r} has a non-finite ts {event.ts!r}")
+        n = len(self._ids)
+        position = n if n == 0 or event.ts >= self._ts[-1] else int(np.searchsorted(self._ts, event.ts, "right"))
+        drop = max(0, n + 1 - limit)
+        if position < drop:
+            return NOT_KEPT
+        numeric = np.clip(np.asarray(event.numeric, dtype=np.float64), -_F32_MAX, _F32_MAX).astype(np.float32)
+        codes = np.array([[self._code(value) for value in event.categorical]], dtype=np.int32)
+        self._ids.insert(position, event.event_id)
+        self._ts = _insert(self._ts, position, np.array([event.ts]))
+        self._num = _insert(self._num, position, numeric[None, :])
+        self._codes = _insert(self._codes, position, codes)
+        if drop:
+            del self._ids[:drop]
+            self._ts, self._num, self._codes = self._ts[drop:], self._num[drop:], self._codes[drop:]
+            if len(self._values) > 2 * self._codes.size + 16:  # values of dropped events pile up: forget them
+                self._codes, self._values = _compacted(self._codes, self._values)
+                self._index = None
+        self.user_id = event.user_id
+        return position - drop
+
+    def _code(self, value: str | None) -> int:
+        if value is None:
+            return -1
+        if self._index is None:
+            self._index = {v: i for i, v in enumerate(self._values)}
+        code = self._index.get(value)
+        if code is None:
+            code = self._index[value] = len(self._values)
+            self._values.append(value)
+        return code
+
+    def copy(self) -> UserHistory:
+        """A snapshot: later appends to either history do not change the other."""
+        return UserHistory(self.schema, self.user_id, list(self._ids), self._ts, self._num, self._codes,
+                           list(self._values))
+
+    def with_schema(self, schema: EventSchema) -> UserHistory:
+        """The same events under another schema: columns matched by name; a column the history
+        lacks (or holds as the other kind) is missing on every event. Shares nothing mutable."""
+        if schema == self.schema:
+            return self.copy()
+        n = len(self)
+        numeric = np.full((n, len(schema.numeric)), np.nan, dtype=np.float32)
+        for j, name in enumerate(schema.numeric):
+            if name in self.schema.numeric:
+                numeric[:, j] = self._num[:, self.schema.numeric.index(name)]
+        codes = np.full((n, len(schema.categorical)), -1, dtype=np.int32)
+        for j, name in enumerate(schema.categorical):
+            if name in self.schema.categorical:
+                codes[:, j] = self._codes[:, self.schema.categorical.index(name)]
+        return UserHistory(schema, self.user_id, list(self._ids), self._ts, numeric, codes, list(self._values))
+
+    # -- bytes -------------------------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        codes, values = _compacted(self._codes, self._values)
+        width = 1 if len(values) <= 0xFF else 2 if len(values) <= 0xFFFF else 4
+        body = b"".join([
+            struct.pack("<BHH", FORMAT_VERSION, len(self.schema.numeric), len(self.schema.categorical)),
+            _strings(self.schema.columns, "column name"),
+            _strings([self.user_id or ""], "user id"),
+            struct.pack("<H", len(self)),
+            _strings(self._ids, "event id"),
+            self._ts.astype("<f8").tobytes(),
+            self._num.astype("<f4").tobytes(),
+            struct.pack("<I", len(values)),
+            _strings(values, "categorical value"),
+            struct.pack("<B", width),
+            codes.astype(_CODE_TYPES[width]).tobytes(),  # -1 wraps to all ones: missing
+        ])
+        return body + struct.pack("<I", zlib.crc32(body))
+
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray | memoryview, schema: EventSchema) -> UserHistory:
+        """Raises ValueError naming the problem if `data` is not an intact history; columns are mapped
+        to `schema` by name (see with_schema)."""
+        data = bytes(data)
+        try:
+            history = _Reader(data).history()
+        except (struct.error, UnicodeDecodeError) as exc:
+            raise ValueError(f"corrupt user history ({len(data)} bytes): {exc}") from None
+        return history if history.schema == schema else history.with_schema(schema)
+
+
+def _compacted(codes: np.ndarray, values: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Codes and values without the values no code uses (new objects if any is dropped)."""
+    used = np.zeros(len(values) + 1, dtype=bool)
+    used[codes] = True  # -1 (missing) marks the extra last slot
+    if used[:-1].all():
+        return codes, values
+    keep = np.flatnonzero(used[:-1])
+    renumber = np.full(len(values) + 1, -1, dtype=np.int32)
+    renumber[keep] = np.arange(len(keep))
+    return renumber[codes], [values[i] for i in keep]
+
+
+def _insert(array: np.ndarray, position: int, rows: np.ndarray) -> np.ndarray:
+    return np.concatenate([array[:position], rows, array[position:]])
+
+
+def _strings(items: Sequence[str], what: str) -> bytes:
+    """Each item's UTF-8 length (H), then the UTF-8 concatenated."""
+    encoded = [item.encode("utf-8") for item in items]
+    lengths = [len(e) for e in encoded]
+    if lengths and max(lengths) > 0xFFFF:
+        raise ValueError(f"a {what} of more than {0xFFFF} bytes cannot be stored in a user history")
+    return struct.pack(f"<{len(lengths)}H", *lengths) + b"".join(encoded)
+
+
+class _Reader:
+    """A cursor over history bytes; every read checks that the bytes are there."""
+
+    def __init__(self, data: bytes) -> None:
+        if len(data) < 5:
+            raise ValueError(f"corrupt user history: {len(data)} bytes is too short")
+        body, (crc,) = data[:-4], struct.unpack("<I", data[-4:])
+        if zlib.crc32(body) != crc:
+            raise ValueError("corrupt user history: checksum mismatch")
+        if data[0] != FORMAT_VERSION:
+            raise ValueError(f"unsupported user history format version {data[0]} (expected {FORMAT_VERSION})")
+        self.data, self.at = body, 1
+
+    def take(self, size: int) -> bytes:
+        if self.at + size > len(self.data):
+            raise ValueError(f"corrupt user history: truncated at byte {self.at} (needs {size} more)")
+        chunk = self.data[self.at:self.at + size]
+        self.at += size
+        return chunk
+
+    def unpack(self, fmt: str) -> tuple:
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))
+
+    def array(self, dtype: np.dtype, count: int) -> np.ndarray:
+        return np.frombuffer(self.take(dtype.itemsize * count), dtype=dtype)
+
+    def strings(self, count: int) -> list[str]:
+        lengths = self.unpack(f"<{count}H")
+        blob = self.take(sum(lengths))
+        bounds = list(accumulate(lengths, initial=0))
+        if blob.isascii():  # one decode, then slices: the common case
+            text = blob.decode("ascii")
+            return [text[a:b] for a, b in pairwise(bounds)]
+        return [blob[a:b].decode("utf-8") for a, b in pairwise(bounds)]
+
+    def history(self) -> UserHistory:
+        n_numeric, n_categorical = self.unpack("<HH")
+        names = self.strings(n_numeric + n_categorical)
+        schema = EventSchema(tuple(names[:n_numeric]), tuple(names[n_numeric:]))
+        (user_id,) = self.strings(1)
+        (n,) = self.unpack("<H")
+        ids = self.strings(n)
+        ts = self.array(np.dtype("<f8"), n).astype(np.float64)
+        numeric = self.array(np.dtype("<f4"), n * n_numeric).reshape(n, n_numeric).astype(np.float32)
+        values = self.strings(*self.unpack("<I"))
+        (width,) = self.unpack("<B")
+        if width not in _CODE_TYPES:
+            raise ValueError(f"corrupt user history: categorical code width {width}")
+        codes = self.array(_CODE_TYPES[width], n * n_categorical).reshape(n, n_categorical).astype(np.int32)
+        if self.at != len(self.data):
+            raise ValueError(f"corrupt user history: {len(self.data) - self.at} unexpected trailing bytes")
+        if width < 4:  # all ones = missing (a 4-byte all ones is already -1 as int32)
+            codes[codes == (1 << 8 * width) - 1] = -1
+        if codes.size and (int(codes.max()) >= len(values) or int(codes.min()) < -1):
+            raise ValueError("corrupt user history: categorical code out of range")
+        if n and (not user_id or not np.isfinite(ts).all() or (ts[1:] < ts[:-1]).any()):
+            raise ValueError("corrupt user history: no user id, or timestamps not finite and in order")
+        if len(set(ids)) != n:
+            raise ValueError("corrupt user history: repeated event id")
+        return UserHistory(schema, user_id or None, ids, ts, numeric, codes, values)

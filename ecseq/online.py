@@ -1,0 +1,89 @@
+"""Online scoring: arriving events, each with its user's history, scored in one batched call.
+
+Framework-free, for the stream worker: the same numbers as the offline core (``SequenceWindows``
+windows of ``FeatureSpec.transform`` rows through ``Scorer.score_windows``) for the same events,
+without pandas on the hot path (``FeatureSpec.transform_arrays``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ecseq.artifacts import LoadedArtifact
+from ecseq.data.records import EventSchema
+from ecseq.history import UserHistory
+
+
+@dataclass(frozen=True)
+class OnlineScore:
+    event_id: str
+    user_id: str
+    score: float
+    encoder_score: float
+    neighbours: int
+    explanation: list[dict]  # ScoreBatch.explanation: the compressed nodes the score leaned on
+
+
+class OnlineScorer:
+    """Scores windows of user histories with one loaded artifact (one per served version)."""
+
+    def __init__(self, artifact: LoadedArtifact) -> None:
+        self.version = artifact.version
+        self.spec = artifact.bundle.feature_spec
+        self.schema = EventSchema.from_spec(self.spec)
+        self.window = artifact.bundle.window
+        self.scorer = artifact.scorer
+
+    def windows(self, histories: Sequence[UserHistory], positions: Sequence[int]) -> np.ndarray:
+        """(B, window, dim) float32: item i's events up to and including positions[i] (the last
+        `window` of them), featurised, left-padded with zero rows like SequenceWindows."""
+        if len(histories) != len(positions):
+            raise ValueError(f"{len(histories)} histories but {len(positions)} positions")
+        numeric, codes, lengths, values, offsets = [], [], [], [], []
+        for history, position in zip(histories, positions):
+            if not 0 <= position < len(history):
+                raise ValueError(f"position {position} is outside a history of {len(history)} events")
+            if history.schema != self.schema:
+                history = history.with_schema(self.schema)
+            num, code, distinct = history.columns(max(0, position + 1 - self.window), position + 1)
+            numeric.append(num)
+            codes.append(code)
+            lengths.append(len(num))
+            offsets.append(len(values))
+            values.extend(distinct)
+        out = np.zeros((len(lengths), self.window, self.spec.dim), dtype=np.float32)
+        if not lengths:
+            return out
+        # Every history's codes index its own values: shift them into one list of all values (+ None
+        # last, for missing), look each distinct value up once, then featurise all rows at once.
+        lengths = np.asarray(lengths)
+        codes = np.concatenate(codes).astype(np.int64)
+        codes = np.where(codes >= 0, codes + np.repeat(offsets, lengths)[:, None], len(values))
+        slots = self.spec.category_slots([*values, None])
+        rows = self.spec.transform_slots(np.concatenate(numeric), slots[codes, np.arange(codes.shape[1])])
+        item = np.repeat(np.arange(len(lengths)), lengths)
+        first = np.cumsum(lengths) - lengths  # each item's first row in `rows`
+        step = np.arange(len(rows)) - np.repeat(first, lengths) + np.repeat(self.window - lengths, lengths)
+        out[item, step] = rows
+        return out
+
+    def score(self, histories: Sequence[UserHistory], positions: Sequence[int]) -> list[OnlineScore]:
+        """One score per (history, position): the event at that position, on its window; one batched
+        encoder + graph pass for all of them.
+
+        Positions are those `UserHistory.append` returned; a later append to the same history can
+        shift them, so when one user has several events in a batch pass `history.copy()` taken
+        right after each append. Scores equal the offline core's when the histories' `limit` is at
+        least `window` and each user's events arrived in time order.
+        """
+        if not histories:
+            return []
+        batch = self.scorer.score_windows(torch.from_numpy(self.windows(histories, positions)))
+        graph = self.scorer.graph
+        return [OnlineScore(history.event_id(position), history.user_id, float(batch.score[i]),
+                            float(batch.encoder_score[i]), int(batch.neighbours[i]), batch.explanation(i, graph))
+                for i, (history, position) in enumerate(zip(histories, positions))]

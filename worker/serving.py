@@ -1,0 +1,66 @@
+"""Which artifact the worker serves, and swapping it without stopping the stream.
+
+The store's CURRENT is the truth. A timer and the control topic's announcements only say
+"look now": `check` loads and fully verifies CURRENT (checksums, shapes, golden scores) in a
+worker thread, builds the scorer, and only then replaces the one reference the agent reads at
+the start of every batch. A refused version is logged and counted once and the old one keeps
+serving; a replayed stale announcement cannot move the worker off CURRENT.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime
+
+from ecseq.artifacts import ArtifactError, ArtifactStore
+from ecseq.online import OnlineScorer
+from worker.metrics import WorkerMetrics
+
+log = logging.getLogger("ecseq.worker")
+
+SWAPPED, UNCHANGED, REFUSED, NONE = "swapped", "unchanged", "refused", "none"
+
+
+class ArtifactFollower:
+    def __init__(self, store: ArtifactStore, metrics: WorkerMetrics) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.scorer: OnlineScorer | None = None  # the agent reads this once per batch
+        self._refused: tuple[str, str] | None = None  # (version, reason) already reported
+        self._lock = threading.Lock()
+
+    @property
+    def version(self) -> str | None:
+        return self.scorer.version if self.scorer is not None else None
+
+    def check(self) -> str:
+        """Serve CURRENT if it changed and verifies; blocking (run it off the event loop)."""
+        with self._lock:
+            current = self.store.current()
+            if current is None:
+                return NONE
+            if current == self.version:
+                return UNCHANGED
+            try:
+                loaded = self.store.load(current)
+            except ArtifactError as exc:
+                if self._refused != (current, exc.reason):
+                    self._refused = (current, exc.reason)
+                    self.metrics.swaps.labels(REFUSED).inc()
+                    log.error("refused artifact %s (%s); still serving %s: %s", current, exc.reason,
+                              self.version or "nothing", exc)
+                return REFUSED
+            scorer = OnlineScorer(loaded)
+            previous, self.scorer = self.version, scorer
+            self._refused = None
+            self.metrics.swaps.labels(SWAPPED).inc()
+            self.metrics.served(loaded.version, _timestamp(loaded.manifest.get("created_at")))
+            log.info("serving artifact %s (was %s)", loaded.version, previous or "nothing")
+            return SWAPPED
+
+
+def _timestamp(iso: str | None) -> float:
+    if not iso:
+        return 0.0
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
