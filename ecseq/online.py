@@ -16,6 +16,7 @@ import torch
 from ecseq.artifacts import LoadedArtifact
 from ecseq.data.records import EventSchema
 from ecseq.history import UserHistory
+from ecseq.scoring import Lap
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,8 @@ class OnlineScorer:
         out[item, step] = rows
         return out
 
-    def score(self, histories: Sequence[UserHistory], positions: Sequence[int]) -> list[OnlineScore]:
+    def score(self, histories: Sequence[UserHistory], positions: Sequence[int],
+              lap: Lap | None = None) -> list[OnlineScore]:
         """One score per (history, position): the event at that position, on its window; one batched
         encoder + graph pass for all of them.
 
@@ -82,7 +84,10 @@ class OnlineScorer:
         """
         if not histories:
             return []
-        batch = self.scorer.score_windows(torch.from_numpy(self.windows(histories, positions)))
+        windows = torch.from_numpy(self.windows(histories, positions))
+        if lap is not None:
+            lap("featurise")
+        batch = self.scorer.score_windows(windows, lap)
         graph = self.scorer.graph
         return [OnlineScore(history.event_id(position), history.user_id, float(batch.score[i]),
                             float(batch.encoder_score[i]), int(batch.neighbours[i]), batch.explanation(i, graph))

@@ -7,6 +7,7 @@ and, for the default model, one compiled pass (serving_kernels) for the rest.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,8 @@ from ecseq.encoders.models import SequenceEncoder
 from ecseq.graph import CompressedGraph, DenseAttacher, IndexAttacher
 from ecseq.relation import RelationModel
 from ecseq.serving_kernels import sage_mean_scores
+
+Lap = Callable[[str], None]  # told the name of each stage as it ends (the worker's latency metrics)
 
 
 @dataclass(frozen=True)
@@ -60,25 +63,32 @@ class Scorer:
             self.score_embeddings(torch.zeros(1, self.gnn.config["embedding_dim"]))  # compile/load kernels now
 
     @torch.inference_mode()
-    def score_windows(self, windows: torch.Tensor) -> ScoreBatch:
+    def score_windows(self, windows: torch.Tensor, lap: Lap | None = None) -> ScoreBatch:
         """(B, L, dim) featurised windows -> scores and explanations."""
-        return self._score(self.encoder.embed(windows))
+        embeddings = self.encoder.embed(windows)
+        if lap is not None:
+            lap("encode")
+        return self._score(embeddings, lap)
 
     @torch.inference_mode()
-    def score_embeddings(self, embeddings: torch.Tensor) -> ScoreBatch:
-        return self._score(embeddings)
+    def score_embeddings(self, embeddings: torch.Tensor, lap: Lap | None = None) -> ScoreBatch:
+        return self._score(embeddings, lap)
 
-    def _score(self, embeddings: torch.Tensor) -> ScoreBatch:
+    def _score(self, embeddings: torch.Tensor, lap: Lap | None) -> ScoreBatch:
         base = self.encoder.score_embeddings(embeddings)
         if self.fused:
-            return self._score_fused(embeddings, base)
+            return self._score_fused(embeddings, base, lap)
         nbrs = self.attach(embeddings)
+        if lap is not None:
+            lap("attach")
         logit, z, coef = self.gnn(embeddings, nbrs, self.messages, base)
         contrib = self.gnn.contributions(z, coef, nbrs, self.messages)
         k = min(self.explain_k, contrib.shape[1])
         top = (contrib.abs() * nbrs.weight - (1.0 - nbrs.weight)).topk(k, dim=1)  # empty slots rank last
         has_edge = nbrs.weight.gather(1, top.indices) > 0
         width = (0, self.explain_k - k)  # same (B, explain_k) shape as the fused path
+        if lap is not None:
+            lap("gnn")
         return ScoreBatch(
             score=torch.sigmoid(logit).numpy(),
             encoder_score=torch.sigmoid(base).numpy(),
@@ -88,17 +98,26 @@ class Scorer:
             top_contribution=F.pad(torch.where(has_edge, contrib.gather(1, top.indices), 0.0), width).numpy(),
         )
 
-    def _score_fused(self, embeddings: torch.Tensor, base: torch.Tensor) -> ScoreBatch:
-        """The default model's hot path: same numbers as the torch modules, one compiled pass."""
+    def _score_fused(self, embeddings: torch.Tensor, base: torch.Tensor, lap: Lap | None) -> ScoreBatch:
+        """The default model's hot path: same numbers as the torch modules, one compiled pass.
+
+        Stages for `lap`: "attach" is the similarity to every node; the compiled pass that picks the
+        top-k edges, aggregates and scores is "gnn".
+        """
         sim = (embeddings @ self.attach.nodes_t).numpy()  # cosine up to a per-row scale, kept for later
         inv_norm = 1.0 / torch.linalg.vector_norm(embeddings, dim=1).clamp(min=1e-12).numpy()
+        if lap is not None:
+            lap("attach")
         own = self.gnn.layer.self_lin(embeddings).numpy()
         base_np = base.numpy()
         added = base_np if self._residual else np.zeros_like(base_np)
         logits, degree, nodes, sims, contrib = sage_mean_scores(
             sim, inv_norm, self.attach.slots, self.attach.attachment.epsilon, own, added,
             self._messages_np, self._out_w, self._out_b, self.explain_k)
-        return ScoreBatch(_sigmoid(logits), _sigmoid(base_np), degree, nodes, sims, contrib)
+        batch = ScoreBatch(_sigmoid(logits), _sigmoid(base_np), degree, nodes, sims, contrib)
+        if lap is not None:
+            lap("gnn")
+        return batch
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

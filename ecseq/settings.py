@@ -54,6 +54,7 @@ class Settings:
     web_host: str = "127.0.0.1"  # /health, /ready, /metrics
     web_port: int = 6066
     swap_check_every: str = "5s"  # how often the worker looks at the store's CURRENT
+    session_timeout: str = "6s"  # a dead replica loses its partitions after this (groups form in ~half)
     max_event_bytes: int = 65536  # larger events go to the dead-letter topic
 
     @classmethod

@@ -18,6 +18,7 @@ from ecseq.data.events import DataError
 from ecseq.settings import Settings
 from kafka_io import cli as kafka_cli
 from kafka_io.broker import BrokerError
+from worker import cli as worker_cli
 
 EXIT_USAGE = 2
 EXIT_BUSY = 75  # EX_TEMPFAIL: another builder holds the store; try again later
@@ -32,6 +33,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     core_cli.add_commands(sub)
     builder_cli.add_commands(sub, settings)
     kafka_cli.add_commands(sub, settings)
+    worker_cli.add_commands(sub, settings)
     return parser
 
 

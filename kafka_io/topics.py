@@ -54,6 +54,7 @@ class Record:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int
+    headers: tuple[tuple[str, bytes], ...] = ()
 
     def json(self) -> Any:
         """The value decoded as JSON (NaN/Infinity accepted, as Python writes them)."""
@@ -291,7 +292,8 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Record
                     limit = end.get(tp, listed_end[tp])
                     out.extend(
                         Record(
-                            m.topic, m.partition, m.offset, m.key, m.value, m.timestamp
+                            m.topic, m.partition, m.offset, m.key, m.value, m.timestamp,
+                            tuple(m.headers or ()),
                         )
                         for m in messages
                         if m.offset < limit

@@ -1,13 +1,19 @@
-"""Project-wide fixtures: one real dev broker per test session, started only if a test asks."""
+"""Project-wide fixtures: one real dev broker per test session, started only if a test asks; a small
+generated event file and a store with one artifact trained through the real `ecseq train-encoder`
+(once per session; tests that change a store work on their own copy)."""
 
 from __future__ import annotations
 
 import itertools
 import re
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
+from tests.builds import FAST
 
 if TYPE_CHECKING:
     from kafka_io.broker import DevBroker
@@ -47,3 +53,35 @@ class TopicNames:
 @pytest.fixture
 def topic_names(request: pytest.FixtureRequest) -> TopicNames:
     return TopicNames(request.node.name)
+
+
+@pytest.fixture(scope="session")
+def events_frame():
+    from ecseq.data.synthetic import generate_synthetic
+
+    return generate_synthetic(n_users=400, days=60, seed=1)
+
+
+@pytest.fixture(scope="session")
+def events_csv(tmp_path_factory, events_frame) -> Path:
+    path = tmp_path_factory.mktemp("events") / "events.csv"
+    events_frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_store(tmp_path_factory, events_csv) -> Path:
+    from ecseq_cli import main
+
+    store = tmp_path_factory.mktemp("trained") / "store"
+    code = main(["train-encoder", "--events", str(events_csv), "--store", str(store), "--epochs", "3", *FAST])
+    assert code == 0
+    return store
+
+
+@pytest.fixture
+def store(tmp_path, trained_store) -> Path:
+    """A private copy of the trained store."""
+    copy = tmp_path / "store"
+    shutil.copytree(trained_store, copy)
+    return copy

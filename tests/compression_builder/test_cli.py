@@ -11,8 +11,7 @@ import time
 
 from ecseq.artifacts import ArtifactStore
 from ecseq_cli import main
-
-from .conftest import FAST
+from tests.builds import FAST
 
 
 def test_list_show_verify(store, capsys):

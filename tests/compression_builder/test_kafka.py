@@ -17,9 +17,8 @@ from ecseq.artifacts import ArtifactStore
 from ecseq_cli import main
 from kafka_io.broker import free_port
 from kafka_io.topics import ensure_topics, produce_json, read_topic
+from tests.builds import FAST
 from tests.processes import child, terminate
-
-from .conftest import FAST
 
 FEATURES = ("amount", "hour", "hours_since_prev", "mcc", "device", "country", "channel")
 

@@ -9,8 +9,7 @@ import torch
 
 from ecseq.artifacts import ArtifactStore
 from ecseq_cli import main
-
-from .conftest import FAST
+from tests.builds import FAST
 
 PLOTS = ("pr_curves.png", "score_histograms.png", "clusters.png")
 

@@ -1,0 +1,212 @@
+"""The framework's ceiling: a minimal faust-streaming app that forwards raw JSON events.
+
+One agent reads raw JSON events from the input topic in micro-batches
+(``stream.take_events(n, within)``), parses each one for its user id and forwards the raw
+bytes, keyed by user, to the output topic. With ``--table`` it also writes a small per-user
+value (a running count) into a changelog-backed table, which is what the real worker pays
+for its per-user sequence table. Every output send is awaited as a delivery future at the
+end of its batch, so a batch is acknowledged only once its outputs are in the broker (the
+at-least-once discipline the worker needs; see worker/FAUST_NOTES.md).
+
+It is its own process, started by bench/bench_worker.py:
+
+    python -m bench.faust_bare --bootstrap 127.0.0.1:PORT --input IN --output OUT
+
+Settings are the ones that suit the Tansu dev broker (2 s session timeout: Tansu waits
+about half of it to form a group). Nothing listens beyond 127.0.0.1. The module-level
+patches (``shorten_fetch_wait``, ``true_highwaters``, ``hold_streams_until_seeked``) and the
+``--hold-acks``/``--crash-app`` discipline are the fixes worker/FAUST_NOTES.md argues for;
+``--fail-at``, ``--store rocksdb://`` and ``--no-consistency-check`` exist for the
+experiments described there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+# Nothing here needs more than one thread, and the bench shares two cores with the broker.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import faust
+
+from worker.faust_compat import (
+    hold_streams_until_seeked,
+    shorten_fetch_wait,
+    true_highwaters,
+)
+
+
+def tansu_settings(args: argparse.Namespace) -> dict:
+    """Faust settings that matter against the dev broker on loopback (see FAUST_NOTES.md §3)."""
+    return {
+        "broker": f"kafka://{args.bootstrap}",
+        "store": args.store,
+        "datadir": args.datadir,
+        "topic_partitions": args.partitions,
+        "topic_allow_declare": True,  # lets Faust create the changelog topic
+        "table_standby_replicas": 0,  # one worker in the bench: no standby reads
+        "consumer_auto_offset_reset": "earliest",
+        # Tansu forms a group after about half the session timeout: keep it short.
+        "broker_session_timeout": 2.0,
+        "broker_heartbeat_interval": 0.3,
+        "broker_rebalance_timeout": 2.0,
+        "broker_commit_interval": args.commit_interval,
+        "broker_commit_every": 10_000,
+        "recovery_consistency_check": not args.no_consistency_check,
+        "stream_buffer_maxsize": 4096,
+        "producer_linger": args.linger,
+        "producer_acks": -1,
+        "web_enabled": args.web_port > 0,
+        "web_port": max(args.web_port, 1),
+        "web_bind": "127.0.0.1",
+        "web_host": "127.0.0.1",
+        "web_metrics_enabled": False,
+        "web_stats_enabled": False,
+        "worker_redirect_stdouts": False,
+        # An agent that raised takes the whole worker down (exit status != 0) instead of
+        # being restarted alone by the default OneForOneSupervisor (FAUST_NOTES.md §1).
+        **({"agent_supervisor": "mode.CrashingSupervisor"} if args.crash_app else {}),
+    }
+
+
+def build_app(args: argparse.Namespace) -> faust.App:
+    if args.fix_recovery_race:
+        hold_streams_until_seeked()
+    if args.fetch_wait_ms > 0:
+        shorten_fetch_wait(args.fetch_wait_ms)
+    if args.true_highwaters:
+        true_highwaters()
+    app = faust.App(args.group, **tansu_settings(args))
+    source = app.topic(args.input, key_serializer="raw", value_serializer="raw",
+                       partitions=args.partitions)
+    sink = app.topic(args.output, key_serializer="raw", value_serializer="raw",
+                     partitions=args.partitions)
+    table = (
+        # key_type/value_type=bytes is how a Table gets the "raw" serializer (no *_serializer kwargs)
+        app.Table("bare-counts", default=None, partitions=args.partitions,
+                  key_type=bytes, value_type=bytes)
+        if args.table else None
+    )
+    stats = {"events": 0, "bad": 0, "batches": 0, "seen": 0}
+
+    @app.agent(source, concurrency=1)
+    async def forward(stream: faust.StreamT) -> None:
+        async for batch in stream.take_events(args.batch, within=args.within):
+            if args.hold_acks:
+                # take_events() acks the whole batch in a ``finally`` when the agent asks for
+                # the next one -- or when the generator is closed after the agent raised.
+                # An extra reference per message keeps a batch that failed from being acked
+                # (and so committed); it is dropped only once the batch fully succeeded.
+                for event in batch:
+                    event.message.incref()
+            pending = []
+            for event in batch:
+                stats["seen"] += 1
+                if stats["seen"] == args.fail_at:
+                    raise RuntimeError(f"injected failure at event {args.fail_at}")
+                raw = event.message.value
+                try:
+                    user = str(json.loads(raw)["user_id"]).encode()
+                except (ValueError, KeyError, TypeError):
+                    stats["bad"] += 1
+                    continue
+                if table is not None:
+                    # Table writes use the *current event's* partition for the changelog
+                    # (co-partitioning), so they must happen while that event is current.
+                    with _as_current(stream, event):
+                        count = table.get(user)  # default=None: [] would raise KeyError
+                        table[user] = b"%d" % (int(count) + 1 if count is not None else 1)
+                pending.append(await sink.send(key=user, value=raw))
+            if pending:
+                await asyncio.gather(*pending)  # outputs durable before the batch is acked
+            if args.hold_acks:
+                for event in batch:
+                    event.message.decref()
+            stats["events"] += len(batch)
+            stats["batches"] += 1
+
+    @app.timer(interval=5.0)
+    async def report() -> None:
+        logging.getLogger("faust_bare").info("stats %s", stats)
+
+    return app
+
+
+class _as_current:
+    """Make ``event`` the stream's current event (what Table.partition_for_key reads)."""
+
+    def __init__(self, stream: faust.StreamT, event: faust.EventT) -> None:
+        self.stream, self.event = stream, event
+
+    def __enter__(self) -> None:
+        import weakref
+
+        from faust.streams import _current_event  # the contextvar current_event() reads
+
+        self._token = _current_event.set(weakref.ref(self.event))
+
+    def __exit__(self, *exc: object) -> None:
+        from faust.streams import _current_event
+
+        _current_event.reset(self._token)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--group", default="bench-bare")
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--table", action="store_true", help="also write a per-user table value")
+    parser.add_argument("--store", default="memory://", help="memory:// or rocksdb://")
+    parser.add_argument("--datadir", default=None)
+    parser.add_argument("--batch", type=int, default=500, help="take_events() max batch size")
+    parser.add_argument("--within", type=float, default=0.02, help="take_events() timeout, s")
+    parser.add_argument("--linger", type=float, default=0.005, help="producer linger, s")
+    parser.add_argument("--fetch-wait-ms", type=int, default=20,
+                        help="consumer fetch_max_wait_ms (0: Faust's hard-coded 1500)")
+    parser.add_argument("--true-highwaters", action="store_true",
+                        help="recovery reads the changelog's end from a fetch (Tansu fix)")
+    parser.add_argument("--fix-recovery-race", action="store_true",
+                        help="suspend streams until recovery has seeked the sources (#596)")
+    parser.add_argument("--no-consistency-check", action="store_true",
+                        help="recovery_consistency_check=False")
+    parser.add_argument("--hold-acks", action="store_true",
+                        help="a batch that raised is never acked (at-least-once on agent errors)")
+    parser.add_argument("--crash-app", action="store_true",
+                        help="agent_supervisor=CrashingSupervisor: an agent error stops the worker")
+    parser.add_argument("--fail-at", type=int, default=0,
+                        help="experiment: raise once while processing the Nth event")
+    parser.add_argument("--commit-interval", type=float, default=1.0)
+    parser.add_argument("--web-port", type=int, default=0, help="0: no web server")
+    parser.add_argument("--loglevel", default="warning")
+    args = parser.parse_args(argv)
+    if args.datadir is None:
+        args.datadir = tempfile.mkdtemp(prefix="faust-bare-")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    app = build_app(args)
+    Path(args.datadir).mkdir(parents=True, exist_ok=True)
+    # Programmatic start (what `faust worker` does): signals handled, exits via sys.exit.
+    worker = faust.Worker(app, loglevel=args.loglevel, redirect_stdouts=False)
+    # At loglevel >= WARN the Worker's terminal spinner sets the *root logger* to DEBUG
+    # (faust/worker.py _setup_spinner_handler), so every aiokafka/faust debug() call builds
+    # a LogRecord: ~10% of the CPU per event here. No spinner, no DEBUG root.
+    worker.spinner = None
+    worker.execute_from_commandline()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

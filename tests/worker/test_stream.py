@@ -1,0 +1,157 @@
+"""The worker against a real broker: malformed input, offline equality, hot swap under load."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+
+from ecseq.artifacts import ArtifactStore
+from ecseq.data.events import events_from_frame
+from ecseq.sequences import SequenceWindows
+from ecseq_cli import main
+from kafka_io.topics import produce_json, read_topic
+from tests.builds import FAST
+from tests.processes import terminate
+
+from .conftest import event_records
+
+
+def _wait_for(bootstrap: str, topic: str, count: int, timeout: float = 90.0) -> list:
+    deadline = time.monotonic() + timeout
+    records = []
+    while time.monotonic() < deadline:
+        records = read_topic(bootstrap, topic)
+        if len(records) >= count:
+            return records
+        time.sleep(0.5)
+    raise AssertionError(f"{len(records)} of {count} records on {topic}")
+
+
+def _malformed(good: dict) -> list[tuple[str | None, bytes | dict, str]]:
+    """(key, value, expected reason): at least ten kinds of bad input."""
+    without = lambda *keys: {k: v for k, v in good.items() if k not in keys}
+    return [
+        ("u-bad", b"{not json", "bad_json"),
+        ("u-bad", b"\xff\xfe{}", "bad_json"),
+        ("u-bad", b"", "empty"),
+        ("u-bad", b"[1, 2]", "not_object"),
+        ("u-bad", without("event_id"), "missing_field"),
+        ("u-bad", without("user_id"), "missing_field"),
+        ("u-bad", without("amount"), "missing_field"),
+        ("u-bad", {**good, "event_id": "bad-1", "amount": "lots"}, "bad_type"),
+        ("u-bad", {**good, "event_id": "bad-2", "amount": True}, "bad_type"),
+        ("u-bad", {**good, "event_id": "bad-3", "user_id": {"id": 1}}, "bad_type"),
+        ("u-bad", {**good, "event_id": "bad-4", "amount": float("nan")}, "non_finite"),  # NaN on the wire
+        ("u-bad", {**good, "event_id": "bad-5", "ts": "someday"}, "bad_timestamp"),
+        ("u-bad", {**good, "event_id": "bad-6", "pad": "x" * 70_000}, "oversize"),
+    ]
+
+
+def _offline_scores(store, frame: pd.DataFrame) -> dict[str, tuple[float, float]]:
+    """event_id -> (score, encoder score) from the core, on the same events and artifact."""
+    loaded = ArtifactStore(store).load()
+    bundle = loaded.bundle
+    table = events_from_frame(frame.assign(label=np.nan).astype({"label": float}).fillna({"label": 0.0}),
+                              [f.name for f in bundle.feature_spec.categorical])
+    windows = SequenceWindows.build(bundle.feature_spec.transform(table.frame), table.user_start, bundle.window)
+    rows = np.arange(len(table.frame))
+    batch = loaded.scorer.score_windows(windows.gather(rows))
+    return {eid: (float(s), float(e)) for eid, s, e in zip(table.frame["event_id"], batch.score, batch.encoder_score)}
+
+
+def test_malformed_messages_go_to_dead_letters_and_valid_ones_match_offline_scores(deployment, store, events_frame):
+    frame = events_frame.sort_values("ts", kind="stable").head(1200).reset_index(drop=True)
+    frame.loc[5, "channel"] = "teleport"  # a category never seen in training: the OOV slot, not an error
+    records = event_records(frame)
+    last_of = {user: i for i, (user, _) in enumerate(records)}
+    unkeyed = max(last_of.values())  # a user's last event, sent without a key: repartitioned by user
+    records[unkeyed] = (None, records[unkeyed][1])
+    bad = _malformed(records[0][1])
+    with deployment.worker() as worker:
+        produce_json(deployment.bootstrap, deployment.topic("events"),
+                     records[:600] + [(k, v) for k, v, _ in bad] + records[600:])
+        scores = _wait_for(deployment.bootstrap, deployment.topic("scores"), len(records))
+        dead = _wait_for(deployment.bootstrap, deployment.topic("dead_letter"), len(bad))
+        status, _ = worker.get("/ready")
+        assert status == 200 and worker.proc.poll() is None  # never died from input
+
+    sent = {(json.dumps(v).encode() if isinstance(v, dict) else v) for _, v, _ in bad}  # as produce_json sends
+    assert {r.value for r in dead} == sent  # the original bytes, untouched
+    headers = [dict(r.headers) for r in dead]
+    assert Counter(h["ecseq.reason"].decode() for h in headers) == Counter(reason for _, _, reason in bad)
+    for h in headers:
+        assert h["ecseq.source.topic"].decode() == deployment.topic("events")
+        assert int(h["ecseq.source.offset"]) >= 0 and int(h["ecseq.source.partition"]) in range(4)
+
+    streamed = {}
+    for record in scores:
+        value = record.json()
+        streamed[value["event_id"]] = value
+        assert record.key == value["user_id"].encode()
+        assert value["artifact_version"] == "v000001"
+    assert set(streamed) == set(frame["event_id"])
+    offline = _offline_scores(store, frame)
+    for event_id, value in streamed.items():
+        np.testing.assert_allclose([value["score"], value["encoder_score"]], offline[event_id], atol=1e-5,
+                                   err_msg=event_id)
+
+
+def _produce_steadily(bootstrap: str, topic: str, records: list, chunk: int = 50, pause: float = 0.1) -> None:
+    for start in range(0, len(records), chunk):
+        produce_json(bootstrap, topic, records[start:start + chunk])
+        time.sleep(pause)
+
+
+def _metric(worker, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _, body = worker.get("/metrics")
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
+
+
+def test_swap_under_load_loses_nothing_and_a_corrupt_announcement_is_refused(deployment, store, events_frame,
+                                                                             events_csv, capsys):
+    frame = events_frame.sort_values("ts", kind="stable").head(3600).reset_index(drop=True)
+    records = event_records(frame)
+    events, control = deployment.topic("events"), deployment.topic("artifacts")
+    with deployment.worker() as worker:
+        load = threading.Thread(target=_produce_steadily, args=(deployment.bootstrap, events, records[:2400]))
+        load.start()
+        time.sleep(1.0)
+        assert main(["build", "--store", str(store), "--events", str(events_csv), "--force", "--announce",
+                     deployment.bootstrap, "--artifacts-topic", control, *FAST]) == 0
+        load.join()
+        _produce_steadily(deployment.bootstrap, events, records[2400:3000])  # after the swap for sure
+        _wait_for(deployment.bootstrap, deployment.topic("scores"), 3000)
+
+        # a corrupt version becomes CURRENT and is announced: refused, v000002 keeps scoring
+        assert main(["build", "--store", str(store), "--events", str(events_csv), "--force", *FAST]) == 0
+        capsys.readouterr()
+        gnn = store / "versions" / "v000003" / "gnn.npz"
+        gnn.write_bytes(gnn.read_bytes()[:-7])
+        produce_json(deployment.bootstrap, control, [("artifact", {"version": "v000003", "path": str(gnn.parent),
+                                                                   "manifest_sha256": "0" * 64})])
+        _produce_steadily(deployment.bootstrap, events, records[3000:])
+        scores = _wait_for(deployment.bootstrap, deployment.topic("scores"), len(records))
+        assert _metric(worker, "ecseq_worker_swaps_total", result="refused") == 1
+        assert _metric(worker, "ecseq_worker_swaps_total", result="swapped") == 2
+        assert worker.get("/ready")[0] == 200
+        assert terminate(worker.proc) == 0  # SIGTERM: in-flight batch done, offsets committed
+
+    values = sorted((r.json() for r in scores), key=lambda v: v["timestamps"]["scored"])
+    assert {v["event_id"] for v in values} == set(frame["event_id"])  # nothing lost
+    versions = [v["artifact_version"] for v in values]
+    switch = versions.index("v000002")
+    assert set(versions[:switch]) == {"v000001"} and set(versions[switch:]) == {"v000002"}  # one clean switch
+    assert switch > 0
+    late = {eid for _, v in records[3000:] for eid in [v["event_id"]]}
+    assert {v["artifact_version"] for v in values if v["event_id"] in late} == {"v000002"}

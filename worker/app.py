@@ -1,0 +1,224 @@
+"""The stream worker: a faust-streaming app that scores every event against its user's sequence.
+
+One agent reads the events topic (and the repartition topic, for producers that do not key by
+user) in micro-batches. Per batch: decode and validate every record (bad ones go to the
+dead-letter topic with their bytes, reason and origin), append each event to its user's
+history in a changelog-backed table (a redelivered event id is not appended twice), score the
+whole batch in one call on the artifact served at the start of the batch, send one score
+record per event, and only then let Faust acknowledge the batch: at-least-once, with scores
+keyed by user and idempotent by event id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import faust
+from faust.streams import _current_event  # see _as_current
+
+from ecseq.artifacts import ArtifactStore
+from ecseq.data.records import Event, decode_event
+from ecseq.history import NOT_KEPT, UserHistory
+from ecseq.settings import Settings, parse_duration
+from worker import faust_compat, views
+from worker.faust_settings import faust_settings
+from worker.metrics import WorkerMetrics
+from worker.records import Source, dead_letter_headers, score_record
+from worker.serving import ArtifactFollower
+
+log = logging.getLogger("ecseq.worker")
+
+TOO_LATE = "too_late"  # older than every event of a full history: its window is gone
+TABLE = "sequences"
+
+
+@contextmanager
+def _as_current(event: faust.EventT) -> Iterator[None]:
+    """Make `event` Faust's current event while writing its user's table entry.
+
+    Faust picks a table write's changelog partition (and RocksDB partition) from the current
+    event; in a micro-batch that is the batch's last event, whatever partition the user is on.
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+class Worker:
+    """The Faust app with its topics, table, agents, timers and web views, built from Settings."""
+
+    def __init__(self, settings: Settings, metrics: WorkerMetrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or WorkerMetrics()
+        self.follower = ArtifactFollower(ArtifactStore(settings.store, keep=settings.keep_versions), self.metrics)
+        faust_compat.apply()
+        self.app = faust.App(settings.app_id, **faust_settings(settings))
+        raw = {"key_serializer": "raw", "value_serializer": "raw"}
+        self.events_topic = self.app.topic(settings.events_topic, **raw)
+        self.repartition_topic = self.app.topic(f"{settings.app_id}-events-by-user", **raw)
+        self.scores_topic = self.app.topic(settings.scores_topic, **raw)
+        self.dead_letter_topic = self.app.topic(settings.dead_letter_topic, **raw)
+        self.artifacts_topic = self.app.topic(settings.artifacts_topic, **raw)
+        # key_type/value_type=bytes is how a Faust Table stores raw bytes
+        self.table = self.app.Table(TABLE, default=None, partitions=settings.partitions, key_type=bytes,
+                                    value_type=bytes)
+        self.served = asyncio.Event()
+        self.assigned = False
+        self._batch_within = parse_duration(settings.batch_within)
+        self.app.agent(self.app.topic(settings.events_topic, f"{settings.app_id}-events-by-user", **raw),
+                       name="score", concurrency=1)(self._score_stream)
+        self.app.agent(self.artifacts_topic, name="artifacts")(self._announcements)
+        self.app.timer(parse_duration(settings.swap_check_every))(self._check_artifact)
+        self.app.timer(1.0)(self._record_lag)
+        self.app.task(self._check_artifact)
+        self.app.on_partitions_assigned.connect(self._on_assigned)
+        views.register(self)
+
+    # --- artifact ---------------------------------------------------------------------------
+
+    async def _check_artifact(self, *_: object) -> None:
+        """Load and verify CURRENT off the event loop; swap between batches."""
+        await asyncio.get_running_loop().run_in_executor(None, self.follower.check)
+        if self.follower.scorer is not None:
+            self.served.set()
+
+    async def _announcements(self, stream) -> None:
+        async for message in stream:
+            try:
+                version = json.loads(message)["version"]
+            except (ValueError, KeyError, TypeError):
+                log.warning("ignoring an unreadable announcement on %s", self.settings.artifacts_topic)
+                continue
+            if version != self.follower.version:
+                await self._check_artifact()
+
+    # --- scoring ----------------------------------------------------------------------------
+
+    async def _score_stream(self, stream) -> None:
+        await self.served.wait()  # nothing is consumed before an artifact can score it
+        async for events in stream.take_events(self.settings.batch_size, within=self._batch_within):
+            # take_events acks a batch even if processing it raised; an extra reference per message
+            # keeps a failed batch unacknowledged (redelivered after the restart the crash causes)
+            for event in events:
+                event.message.incref()
+            await self._score_batch(events)
+            for event in events:
+                event.message.decref()
+
+    async def _score_batch(self, events: list[faust.EventT]) -> None:
+        scorer = self.follower.scorer  # one artifact for the whole batch
+        metrics = self.metrics
+        received = time.time()
+        lap = _Laps(metrics)
+        pending: list[asyncio.Future] = []
+        valid: list[tuple[faust.EventT, Event, Source]] = []
+        for event in events:
+            message = event.message
+            source = Source(message.topic, message.partition, message.offset, message.timestamp)
+            decoded = decode_event(message.value, scorer.schema, self.settings.max_event_bytes)
+            if isinstance(decoded, str):
+                pending.append(await self._dead_letter(message, decoded, source))
+            elif message.key != decoded.user_id.encode():
+                pending.append(await self.repartition_topic.send(key=decoded.user_id.encode(), value=message.value))
+                metrics.events.labels("repartitioned").inc()
+            else:
+                valid.append((event, decoded, source))
+        lap("decode")
+
+        histories, positions, kept = [], [], []
+        latest: dict[str, tuple[UserHistory, faust.EventT]] = {}
+        for event, decoded, source in valid:
+            history = latest.get(decoded.user_id, (None,))[0] or self._history(decoded.user_id, scorer.schema)
+            known = decoded.event_id in history.event_ids
+            position = history.append(decoded, max(scorer.window, 1))
+            if position == NOT_KEPT:
+                pending.append(await self._dead_letter(event.message, TOO_LATE, source))
+                continue
+            if known:
+                metrics.duplicates.inc()
+            latest[decoded.user_id] = (history, event)
+            histories.append(history.copy())
+            positions.append(position)
+            kept.append((decoded, source))
+        for user, (history, event) in latest.items():
+            with _as_current(event):
+                self.table[user] = history.to_bytes()
+        lap("state")
+
+        scores = scorer.score(histories, positions, lap) if histories else []
+        scored_at = time.time()
+        for score, (decoded, source) in zip(scores, kept):
+            record = score_record(score, scorer.version, decoded.ts, source, received, scored_at)
+            pending.append(await self.scores_topic.send(key=score.user_id.encode(), value=json.dumps(record).encode()))
+            metrics.neighbours.observe(score.neighbours)
+            if score.neighbours == 0:
+                metrics.zero_neighbours.inc()
+        await asyncio.gather(*pending)  # delivered before Faust acknowledges the batch
+        lap("produce")
+        now = time.time()
+        for _, source in kept:
+            metrics.observe_latency(source.timestamp, now)
+        metrics.events.labels("scored").inc(len(kept))
+        metrics.batch_size.observe(len(events))
+
+    def _history(self, user: str, schema) -> UserHistory:
+        stored = self.table.get(user)
+        if stored is None:
+            return UserHistory.empty(schema)
+        try:
+            return UserHistory.from_bytes(stored, schema)
+        except ValueError as exc:  # never fatal: the user starts over, loudly
+            log.error("unreadable sequence state for user %s (%s); starting it empty", user, exc)
+            return UserHistory.empty(schema)
+
+    async def _dead_letter(self, message, reason: str, source: Source) -> asyncio.Future:
+        self.metrics.dead_letters.labels(reason).inc()
+        self.metrics.events.labels("dead_letter").inc()
+        return await self.dead_letter_topic.send(key=message.key, value=message.value or b"",
+                                                 headers=dead_letter_headers(reason, source))
+
+    # --- operations -------------------------------------------------------------------------
+
+    async def _on_assigned(self, sender, assigned, **_: object) -> None:
+        self.assigned = True
+
+    async def _record_lag(self) -> None:
+        consumer = self.app.consumer
+        for tp in consumer.assignment():
+            if tp.topic not in (self.settings.events_topic, self.repartition_topic.get_topic_name()):
+                continue
+            highwater = consumer.highwater(tp)
+            committed = consumer._committed_offset.get(tp)  # noqa: SLF001 - Faust keeps it per partition
+            if highwater is not None:
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(highwater - (committed or 0), 0))
+
+    @property
+    def ready(self) -> bool:
+        """Recovered, assigned and serving an artifact: what /ready reports."""
+        return (self.follower.scorer is not None and self.assigned
+                and not self.app.tables.recovery.in_recovery)
+
+    def data_dir(self) -> Path:
+        return Path(self.settings.data_dir)
+
+
+class _Laps:
+    """Observes the time since the previous lap under each stage's name."""
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self.metrics = metrics
+        self.last = time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.metrics.stage_seconds.labels(stage).observe(now - self.last)
+        self.last = now

@@ -1,0 +1,123 @@
+"""Fixes to faust-streaming 0.15.3 (and for the Tansu dev broker) that the worker depends on.
+
+Each is a small, idempotent patch of one Faust method, applied by `apply()` before the App is
+built; worker/FAUST_NOTES.md gives the evidence (source functions, experiments) for each.
+On Apache Kafka they are harmless: the fetch wait only bounds latency, and the highwater
+probe agrees with ListOffsets there.
+"""
+
+from __future__ import annotations
+
+FETCH_WAIT_MS = 20
+
+
+def apply(fetch_wait_ms: int = FETCH_WAIT_MS) -> None:
+    hold_streams_until_seeked()
+    shorten_fetch_wait(fetch_wait_ms)
+    true_highwaters()
+
+
+def shorten_fetch_wait(max_wait_ms: int) -> None:
+    """Make Faust's consumer fetch wait at most ``max_wait_ms`` (Faust hard-codes 1500 ms).
+
+    Tansu holds every fetch for about its full max wait even when records are there
+    (fetch_min_bytes=1 is not honoured), so Faust's hard-coded fetch_max_wait_ms=1500 in
+    ``AIOKafkaConsumerThread._create_worker_consumer`` costs ~0.5-1.5 s of latency per event.
+    aiokafka reads ``_fetch_max_wait_ms`` when the consumer starts, after this hook runs.
+    """
+    from faust.transport.drivers import aiokafka as driver
+
+    create = driver.AIOKafkaConsumerThread._create_worker_consumer
+    if getattr(create, "_fetch_wait_patched", False):
+        return
+
+    def _create_worker_consumer(self, transport):  # type: ignore[no-untyped-def]
+        consumer = create(self, transport)
+        if not hasattr(consumer, "_fetch_max_wait_ms"):
+            raise RuntimeError("aiokafka changed: no AIOKafkaConsumer._fetch_max_wait_ms")
+        consumer._fetch_max_wait_ms = max_wait_ms
+        return consumer
+
+    _create_worker_consumer._fetch_wait_patched = True  # type: ignore[attr-defined]
+    driver.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
+
+
+def true_highwaters() -> None:
+    """Give Faust's table recovery the real end of each changelog partition on Tansu.
+
+    Recovery compares the offset a RocksDB partition persisted with ``highwaters() - 1``
+    (tables/recovery.py ``_restart_recovery``), and ``highwaters`` is ListOffsets(latest)
+    (drivers/aiokafka.py ``AIOKafkaConsumerThread._highwaters``). Tansu answers that with
+    the last *batch's* base offset + 1, so a store that holds the true last record raises
+    ConsistencyError, and recovery may stop short of the real end. The fetch response's
+    high watermark is right: fetch the last listed record and take the larger of the two.
+    On Kafka both agree and this only costs one small fetch per recovery.
+    """
+    from aiokafka import AIOKafkaConsumer
+    from faust.transport.drivers import aiokafka as driver
+
+    listed_highwaters = driver.AIOKafkaConsumerThread._highwaters
+    if getattr(listed_highwaters, "_true_highwaters", False):
+        return
+
+    async def _highwaters(self, partitions):  # type: ignore[no-untyped-def]
+        listed = dict(await listed_highwaters(self, partitions))
+        if self.consumer.in_transaction:
+            return listed
+        todo = [tp for tp, end in listed.items() if end]
+        if not todo:
+            return listed
+        transport = self.transport
+        probe = AIOKafkaConsumer(
+            bootstrap_servers=driver.server_list(transport.url, transport.default_port),
+            group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50,
+            request_timeout_ms=int(self.app.conf.broker_request_timeout * 1000),
+        )
+        await probe.start()
+        try:
+            probe.assign(todo)
+            for tp in todo:
+                probe.seek(tp, listed[tp] - 1)
+            waiting = set(todo)
+            for _ in range(100):
+                if not waiting:
+                    break
+                await probe.getmany(*waiting, timeout_ms=100)
+                for tp in list(waiting):
+                    hw = probe.highwater(tp)
+                    if hw is not None:
+                        listed[tp] = max(listed[tp], hw)
+                        waiting.discard(tp)
+        finally:
+            await probe.stop()
+        return listed
+
+    _highwaters._true_highwaters = True  # type: ignore[attr-defined]
+    driver.AIOKafkaConsumerThread._highwaters = _highwaters
+
+
+def hold_streams_until_seeked() -> None:
+    """Close the recovery race that skips source events after a restart (upstream #596).
+
+    With tables, recovery resumes flow control to read the changelogs; when it completes,
+    ``Recovery.on_recovery_completed`` resumes the source partitions *before* seeking them
+    to the committed offsets and before ``flow_control.resume()`` clears the stream queues.
+    Records fetched in that window reach the agent or sit in a queue that is then cleared,
+    while the consumer's read offset has moved past them, so their refetch is dropped as a
+    duplicate ("DROPPED MESSAGE ROFF") -- a gap that is never processed and that blocks
+    every later commit on the partition. Suspending flow control first makes the fetched
+    records wait in the conductor until the seek and the clear are done (the order the
+    table-less path, ``Recovery._resume_streams``, already has).
+    """
+    from faust.tables.recovery import Recovery
+
+    completed = Recovery.on_recovery_completed
+    if getattr(completed, "_holds_streams", False):
+        return
+
+    async def on_recovery_completed(self, generation_id: int = 0) -> None:  # type: ignore[no-untyped-def]
+        self.app.flow_control.suspend()
+        await completed(self, generation_id)
+
+    on_recovery_completed._holds_streams = True  # type: ignore[attr-defined]
+    Recovery.on_recovery_completed = on_recovery_completed

@@ -1,0 +1,31 @@
+"""The worker's web views: /health (alive), /ready (recovered, assigned, serving), /metrics."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import generate_latest
+
+# prometheus_client's CONTENT_TYPE_LATEST carries a charset, which aiohttp refuses here
+PROMETHEUS_TEXT = "text/plain; version=0.0.4"
+
+if TYPE_CHECKING:
+    from worker.app import Worker
+
+
+def register(worker: Worker) -> None:
+    app = worker.app
+
+    @app.page("/health")
+    async def health(web, request):
+        return web.json({"status": "alive"})
+
+    @app.page("/ready")
+    async def ready(web, request):
+        state = {"ready": worker.ready, "artifact": worker.follower.version, "assigned": worker.assigned,
+                 "recovering": bool(app.tables.recovery.in_recovery)}
+        return web.json(state, status=200 if state["ready"] else 503)
+
+    @app.page("/metrics")
+    async def metrics(web, request):
+        return web.bytes(generate_latest(worker.metrics.registry), content_type=PROMETHEUS_TEXT)
