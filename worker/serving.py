@@ -63,4 +63,4 @@ class ArtifactFollower:
 def _timestamp(iso: str | None) -> float:
     if not iso:
         return 0.0
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    return datetime.fromisoformat(iso).timestamp()

@@ -192,3 +192,16 @@ def test_scorer_identity_and_argument_checks(artifact):
         scorer.score([history, history], [0])
     [result] = scorer.score([history], [0])
     assert (result.event_id, result.user_id) == ("e", "u") and 0.0 <= result.score <= 1.0
+
+
+def test_stages_are_reported_in_order_with_the_same_scores(table, artifact):
+    """The worker's per-stage latency metrics hang on these laps; timing must not change a score."""
+    scorer = OnlineScorer(artifact)
+    frame = table.frame
+    history = UserHistory.empty(scorer.schema)
+    positions = [history.append(decode_event(_wire(row, table), scorer.schema), WINDOW)
+                 for _, row in frame[frame["user_id"] == frame["user_id"].iloc[0]].iterrows()]
+    stages: list[str] = []
+    timed = scorer.score([history], positions[-1:], stages.append)
+    assert stages == ["featurise", "encode", "attach", "gnn"]
+    assert timed == scorer.score([history], positions[-1:])

@@ -79,6 +79,14 @@ def test_malformed_messages_go_to_dead_letters_and_valid_ones_match_offline_scor
         dead = _wait_for(deployment.bootstrap, deployment.topic("dead_letter"), len(bad))
         status, _ = worker.get("/ready")
         assert status == 200 and worker.proc.poll() is None  # never died from input
+        assert worker.get("/health") == (200, b'{"status":"alive"}')
+        for reason, count in Counter(reason for _, _, reason in bad).items():
+            assert _metric(worker, "ecseq_worker_dead_letters_total", reason=reason) == count
+        assert _metric(worker, "ecseq_worker_events_total", outcome="scored") == len(records)
+        assert _metric(worker, "ecseq_worker_events_total", outcome="repartitioned") == 1
+        assert _metric(worker, "ecseq_worker_event_to_score_seconds_count") == len(records)
+        for stage in ("decode", "state", "featurise", "encode", "attach", "gnn", "produce"):
+            assert _metric(worker, "ecseq_worker_stage_duration_seconds_count", stage=stage) > 0
 
     sent = {(json.dumps(v).encode() if isinstance(v, dict) else v) for _, v, _ in bad}  # as produce_json sends
     assert {r.value for r in dead} == sent  # the original bytes, untouched
