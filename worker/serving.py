@@ -27,7 +27,7 @@ class ArtifactFollower:
         self.store = store
         self.metrics = metrics
         self.scorer: OnlineScorer | None = None  # the agent reads this once per batch
-        self._refused: tuple[str, str] | None = None  # (version, reason) already reported
+        self._refused: tuple[str | None, str] | None = None  # (version, reason) already reported
         self._lock = threading.Lock()
 
     @property
@@ -39,6 +39,10 @@ class ArtifactFollower:
         with self._lock:
             current = self.store.current()
             if current is None:
+                if self._refused != (None, NONE):
+                    self._refused = (None, NONE)
+                    log.warning("no artifact in %s yet; not consuming until one is published "
+                                "(ecseq train-encoder)", self.store.root)
                 return NONE
             if current == self.version:
                 return UNCHANGED
