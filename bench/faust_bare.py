@@ -17,18 +17,23 @@ about half of it to form a group). Nothing listens beyond 127.0.0.1. The module-
 patches (``shorten_fetch_wait``, ``true_highwaters``, ``hold_streams_until_seeked``) and the
 ``--hold-acks``/``--crash-app`` discipline are the fixes worker/FAUST_NOTES.md argues for;
 ``--fail-at``, ``--store rocksdb://`` and ``--no-consistency-check`` exist for the
-experiments described there.
+experiments described there. ``--direct-send``, ``--max-batch-bytes``, ``--pipeline`` and
+``--gc-freeze`` handle the outputs the way the worker does (worker/app.py), so that the
+bench compares like with like; without them it is Faust's own idiom (Topic.send, 16 KiB
+producer batches, a batch's deliveries awaited before the next one is taken).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
 import sys
 import tempfile
+from collections import deque
 from pathlib import Path
 
 # Nothing here needs more than one thread, and the bench shares two cores with the broker.
@@ -63,6 +68,7 @@ def tansu_settings(args: argparse.Namespace) -> dict:
         "recovery_consistency_check": not args.no_consistency_check,
         "stream_buffer_maxsize": 4096,
         "producer_linger": args.linger,
+        "producer_max_batch_size": args.max_batch_bytes,
         "producer_acks": -1,
         "web_enabled": args.web_port > 0,
         "web_port": max(args.web_port, 1),
@@ -97,8 +103,23 @@ def build_app(args: argparse.Namespace) -> faust.App:
     )
     stats = {"events": 0, "bad": 0, "batches": 0, "seen": 0}
 
+    async def confirm(batch: list, pending: list) -> None:
+        """--pipeline: the batch's outputs are delivered: drop the held reference (the last one acks)."""
+        await asyncio.gather(*pending)
+        for event in batch:
+            if event.ack():
+                message = event.message
+                app.sensors.on_message_out(message.tp, message.offset, message)
+
+    @app.task
+    async def freeze_long_lived() -> None:
+        if args.gc_freeze:  # what the worker does once its artifact is loaded
+            gc.collect()
+            gc.freeze()
+
     @app.agent(source, concurrency=1)
     async def forward(stream: faust.StreamT) -> None:
+        unconfirmed: deque[asyncio.Task] = deque()
         async for batch in stream.take_events(args.batch, within=args.within):
             if args.hold_acks:
                 # take_events() acks the whole batch in a ``finally`` when the agent asks for
@@ -107,6 +128,7 @@ def build_app(args: argparse.Namespace) -> faust.App:
                 # (and so committed); it is dropped only once the batch fully succeeded.
                 for event in batch:
                     event.message.incref()
+            producer = await app.maybe_start_producer() if args.direct_send else None
             pending = []
             for event in batch:
                 stats["seen"] += 1
@@ -124,12 +146,21 @@ def build_app(args: argparse.Namespace) -> faust.App:
                     with _as_current(stream, event):
                         count = table.get(user)  # default=None: [] would raise KeyError
                         table[user] = b"%d" % (int(count) + 1 if count is not None else 1)
-                pending.append(await sink.send(key=user, value=raw))
-            if pending:
-                await asyncio.gather(*pending)  # outputs durable before the batch is acked
-            if args.hold_acks:
-                for event in batch:
-                    event.message.decref()
+                if producer is not None:  # what the worker does: Topic.send minus Faust's per-message layer
+                    pending.append(await producer.send(args.output, user, raw, None, None, None))
+                else:
+                    pending.append(await sink.send(key=user, value=raw))
+            if args.pipeline:
+                # the next batch is taken while this one's outputs are in flight (worker/app.py _confirm)
+                unconfirmed.append(asyncio.ensure_future(confirm(batch, pending)))
+                while unconfirmed and (unconfirmed[0].done() or len(unconfirmed) > args.pipeline):
+                    await unconfirmed.popleft()
+            else:
+                if pending:
+                    await asyncio.gather(*pending)  # outputs durable before the batch is acked
+                if args.hold_acks:
+                    for event in batch:
+                        event.message.decref()
             stats["events"] += len(batch)
             stats["batches"] += 1
 
@@ -172,6 +203,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=500, help="take_events() max batch size")
     parser.add_argument("--within", type=float, default=0.02, help="take_events() timeout, s")
     parser.add_argument("--linger", type=float, default=0.005, help="producer linger, s")
+    parser.add_argument("--max-batch-bytes", type=int, default=16384,
+                        help="producer_max_batch_size (Faust's default 16384; the worker uses 256 KiB)")
     parser.add_argument("--fetch-wait-ms", type=int, default=20,
                         help="consumer fetch_max_wait_ms (0: Faust's hard-coded 1500)")
     parser.add_argument("--true-highwaters", action="store_true",
@@ -186,10 +219,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="agent_supervisor=CrashingSupervisor: an agent error stops the worker")
     parser.add_argument("--fail-at", type=int, default=0,
                         help="experiment: raise once while processing the Nth event")
+    parser.add_argument("--direct-send", action="store_true",
+                        help="outputs straight to app.producer.send (as the worker does), not Topic.send")
+    parser.add_argument("--pipeline", type=int, default=0, metavar="N",
+                        help="confirm a batch's outputs in the background, at most N batches in flight "
+                             "(as the worker does; needs --hold-acks); 0: wait for them before the next batch")
+    parser.add_argument("--gc-freeze", action="store_true",
+                        help="gc.freeze() everything alive at start (as the worker does)")
     parser.add_argument("--commit-interval", type=float, default=1.0)
     parser.add_argument("--web-port", type=int, default=0, help="0: no web server")
     parser.add_argument("--loglevel", default="warning")
     args = parser.parse_args(argv)
+    if args.pipeline and not args.hold_acks:
+        parser.error("--pipeline needs --hold-acks (the held reference is what _confirm releases)")
     if args.datadir is None:
         args.datadir = tempfile.mkdtemp(prefix="faust-bare-")
     return args

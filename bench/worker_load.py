@@ -1,14 +1,24 @@
-"""Load generator for the worker benchmark: N synthetic JSON events at a target rate.
+"""Load generator for the worker benchmark: N JSON events at a target rate.
 
 A separate process (so its CPU is not the measured app's): an aiokafka producer sends N
 events, keyed by user id, to the input topic on a loopback broker, either as fast as it can
-(``--rate 0``) or paced to ``--rate`` events/s. Each event has the fields of the synthetic
-data set (user_id, event_id, ts, amount, hour, hours_since_prev, mcc, device, country,
-channel) plus ``bench_sent`` (wall-clock send time, s) and ``bench_phase``; it is ~300 bytes.
-Event ids are ``<phase>-<seq>``, so an app that emits scores (not the events themselves) can
-still be matched: the send times are also written to ``--times`` (JSON list by seq).
+(``--rate 0``) or paced to ``--rate`` events/s. Event ids are ``<phase>-<seq>``, so an app
+that emits scores (not the events themselves) can still be matched; the send times are
+written to ``--times`` (JSON list by seq).
 
-    python -m bench.worker_load --bootstrap 127.0.0.1:PORT --topic IN --n 20000 --rate 0
+Two sources of events:
+
+- ``--events FILE`` (what bench_worker uses): rows of a real data set, one JSON object per
+  line in replay order (event_id, user_id, ts and the feature fields, missing values as
+  null), as bench_worker.write_events writes them. Rows ``--offset`` .. ``--offset + n - 1``
+  are sent, so consecutive phases continue every user's history in time order; past the end
+  the file starts over with every ``ts`` moved on by the file's time span (order is kept).
+  Only ``event_id`` is replaced; nothing else is added, so the bytes are the real ones.
+- otherwise, made-up events with the synthetic data set's fields plus ``bench_*`` fields,
+  ~300 bytes each.
+
+    python -m bench.worker_load --bootstrap 127.0.0.1:PORT --topic IN --n 20000 --rate 0 \
+        [--events events.jsonl --offset 2000]
 
 Prints one JSON line: {"sent": n, "seconds": ..., "rate": ...}.
 """
@@ -66,8 +76,27 @@ class EventMaker:
         return user.encode(), json.dumps(event, separators=(",", ":")).encode()
 
 
+class FileEvents:
+    """Rows of a data set (JSON lines, in replay order) as events ``<phase>-<seq>``."""
+
+    def __init__(self, path: str, phase: str, offset: int) -> None:
+        self.rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        if not self.rows:
+            raise ValueError(f"{path}: no events")
+        ts = [row["ts"] for row in self.rows]
+        self.span = max(ts) - min(ts) + 1.0
+        self.phase, self.offset = phase, offset
+
+    def make(self, seq: int, sent: float) -> tuple[bytes, bytes]:
+        wrap, at = divmod(self.offset + seq, len(self.rows))
+        event = dict(self.rows[at], event_id=f"{self.phase}-{seq}")
+        if wrap:
+            event["ts"] = event["ts"] + wrap * self.span
+        return str(event["user_id"]).encode(), json.dumps(event, separators=(",", ":")).encode()
+
+
 async def produce(args: argparse.Namespace) -> dict:
-    maker = EventMaker(args.users, args.phase, args.seed)
+    maker = FileEvents(args.events, args.phase, args.offset) if args.events else EventMaker(args.users, args.phase, args.seed)
     producer = AIOKafkaProducer(
         bootstrap_servers=args.bootstrap,
         acks="all",
@@ -112,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--topic", required=True)
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--rate", type=float, default=0.0, help="events/s; 0 = as fast as possible")
-    parser.add_argument("--users", type=int, default=3000)
+    parser.add_argument("--events", default=None, help="JSON lines of data-set rows to replay (else made-up events)")
+    parser.add_argument("--offset", type=int, default=0, help="first row of --events to send")
+    parser.add_argument("--users", type=int, default=3000, help="made-up events only")
     parser.add_argument("--phase", default="run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--linger-ms", type=int, default=5)

@@ -12,7 +12,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 # 50 us .. 10 s: one stage of a batch is often well under a millisecond
 LATENCY_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
-STAGES = ("decode", "state", "featurise", "encode", "attach", "gnn", "produce")
 
 
 class WorkerMetrics:
@@ -21,7 +20,7 @@ class WorkerMetrics:
         r = self.registry
         self.stage_seconds = Histogram(
             "ecseq_worker_stage_duration_seconds",
-            "Wall time of one stage for one micro-batch (decode, state, featurise, encode, attach, gnn, produce).",
+            "Wall time of one stage for one micro-batch (decode, state, featurise, encode, attach, gnn, produce; deliver overlaps the next batch).",
             ["stage"], buckets=LATENCY_BUCKETS, registry=r)
         self.event_to_score = Histogram(
             "ecseq_worker_event_to_score_seconds",
