@@ -47,6 +47,13 @@ log = logging.getLogger("ecseq.worker")
 PRODUCER_TUNING = {"producer_max_batch_size": 256 * 1024}
 MAX_UNCONFIRMED = 2  # scored micro-batches whose outputs may be in flight while the next one is scored
 TOO_LATE = "too_late"  # older than every event of a full history: its window is gone
+# Events kept beyond the scoring window, so a redelivered event (replayed after a crash, up to a
+# commit interval back) still finds its whole window and gets the score it got the first time.
+HISTORY_SLACK = 8
+
+
+def history_limit(window: int) -> int:
+    return window + HISTORY_SLACK
 TABLE = "sequences"
 
 
@@ -181,7 +188,7 @@ class Worker:
         for event, decoded, source in valid:
             history = latest.get(decoded.user_id, (None,))[0] or self._history(decoded.user_id, scorer.schema)
             known = decoded.event_id in history.event_ids
-            position = history.append(decoded, max(scorer.window, 1))
+            position = history.append(decoded, history_limit(scorer.window))
             if position == NOT_KEPT:
                 pending.append(await self._dead_letter(event.message, TOO_LATE, source))
                 continue

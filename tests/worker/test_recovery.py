@@ -22,6 +22,7 @@ from ecseq.data.records import EventSchema, decode_event
 from ecseq.history import UserHistory
 from ecseq.sequences import SequenceWindows
 from kafka_io.topics import produce_json, read_topic
+from worker.app import history_limit
 
 from .conftest import event_records
 
@@ -152,7 +153,7 @@ def _reference_state(records: list, schema: EventSchema, window: int) -> dict[st
         event = decode_event(json.dumps(value).encode(), schema)  # the bytes produce_json sends
         assert not isinstance(event, str), (value, event)
         history = histories.setdefault(user, UserHistory.empty(schema))
-        assert history.append(event, max(window, 1)) >= 0
+        assert history.append(event, history_limit(window)) >= 0
     return histories
 
 
