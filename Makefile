@@ -25,6 +25,7 @@ bench: install
 	$(BIN)/python -m bench.bench_rebuild
 	$(BIN)/python -m bench.bench_rebuild --source kafka
 	$(BIN)/python -m bench.bench_artifacts
+	$(BIN)/python -m bench.bench_worker
 
 clean:
 	rm -rf $(VENV) runs bench/results
