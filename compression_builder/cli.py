@@ -119,6 +119,7 @@ def _add_build_args(p: argparse.ArgumentParser, settings: Settings, since: str |
     p.add_argument("--force", action="store_true", help="publish even if the quality gate refuses")
     p.add_argument("--wait", action="store_true", help="wait for another builder instead of exiting")
     p.add_argument("--announce", metavar="BOOTSTRAP", help="announce a published version on this Kafka")
+    p.add_argument("--artifacts-topic", default=settings.artifacts_topic, help="where announcements go")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: its default); faiss uses 1")
     add_relation_args(p)
 
@@ -126,7 +127,6 @@ def _add_build_args(p: argparse.ArgumentParser, settings: Settings, since: str |
 def _add_topic_args(p: argparse.ArgumentParser, settings: Settings) -> None:
     p.add_argument("--events-topic", default=settings.events_topic)
     p.add_argument("--labels-topic", default=settings.labels_topic)
-    p.add_argument("--artifacts-topic", default=settings.artifacts_topic)
 
 
 def _build_config(args: argparse.Namespace) -> BuildConfig:
@@ -165,17 +165,16 @@ def _gather_file(args: argparse.Namespace, spec: FeatureSpec | None):
     return gather_frame(dataset.frame, categorical, numeric, _since(args), f"data set {args.dataset}")
 
 
-def _gather_kafka(args: argparse.Namespace, spec: FeatureSpec | None):
-    numeric, categorical = _columns(spec, args.categorical)
+def _gather_kafka(args: argparse.Namespace, spec: FeatureSpec):
+    numeric, categorical = _columns(spec, ())  # Kafka builds always have the serving spec
     return read_kafka(args.kafka, args.events_topic, args.labels_topic, numeric, categorical, _since(args))
 
 
 def _job(args: argparse.Namespace, gather, metrics: BuilderMetrics | None = None) -> BuildJob:
     set_threads(args.threads)
     announce = args.announce or getattr(args, "kafka", None)
-    topic = getattr(args, "artifacts_topic", Settings().artifacts_topic)
     return BuildJob(_store(args), partial(gather, args), _build_config(args), metrics,
-                    kafka_announcer(announce, topic) if announce else None, wait_for_lock=args.wait, force=args.force)
+                    kafka_announcer(announce, args.artifacts_topic) if announce else None, wait_for_lock=args.wait, force=args.force)
 
 
 def _finish(outcome: BuildOutcome, metric: str) -> int:
@@ -184,9 +183,9 @@ def _finish(outcome: BuildOutcome, metric: str) -> int:
     scores = f" ({metric}: {scores})" if scores else ""
     if outcome.published is not None:
         forced = " despite " + ", ".join(outcome.refused) + " (--force)" if outcome.refused else ""
-        print(f"published {outcome.published.version}{forced}{scores}; report: {outcome.report_dir / 'report.json'}")
+        print(f"published {outcome.published.version}{forced}{scores}; report: {outcome.report_dir / REPORT}")
         return 0
-    print(f"refused: {', '.join(outcome.refused)}{scores}; report: {outcome.report_dir / 'report.json'}")
+    print(f"refused: {', '.join(outcome.refused)}{scores}; report: {outcome.report_dir / REPORT}")
     return EXIT_REFUSED
 
 
@@ -206,7 +205,6 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_builder(args: argparse.Namespace) -> int:
     metrics = BuilderMetrics()
-    args.categorical = ()
     job = _job(args, _gather_kafka, metrics)
     every = parse_duration(args.every)
     if args.metrics_port:

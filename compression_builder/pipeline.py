@@ -38,7 +38,7 @@ from ecseq.artifacts import (
 )
 from ecseq.data.events import LABEL, TS, DataError, EventTable
 from ecseq.data.splits import Split, split_by_time
-from ecseq.encoders.models import LSTMEncoder, SequenceEncoder, TransformerEncoder
+from ecseq.encoders.models import SequenceEncoder, new_encoder
 from ecseq.encoders.training import EncoderTrainConfig, embed_rows, train_encoder
 from ecseq.evaluation.experiment import training_events
 from ecseq.evaluation.metrics import summarize
@@ -128,10 +128,7 @@ def train_fresh_encoder(gathered: Gathered, build: BuildConfig, config: EncoderC
                                table.numeric, table.categorical)
         windows = SequenceWindows.build(spec.transform(table.frame), table.user_start, config.window)
         torch.manual_seed(config.seed)
-        if config.backbone == "transformer":
-            encoder: SequenceEncoder = TransformerEncoder(spec.dim, config.hidden, max_len=config.window)
-        else:
-            encoder = LSTMEncoder(spec.dim, config.hidden)
+        encoder = new_encoder(config.backbone, spec.dim, config.hidden, config.window)
         trained = train_encoder(encoder, windows, split.train, labels[split.train], split.val, labels[split.val],
                                 replace(config.train, seed=config.seed))
     log.info("encoder trained: best validation AUC %.4f at epoch %d in %.1f s",

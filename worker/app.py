@@ -21,7 +21,6 @@ import weakref
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import faust
 import torch
@@ -86,9 +85,8 @@ class Worker:
         faust_compat.apply()
         self.app = faust.App(settings.app_id, **faust_settings(settings), **PRODUCER_TUNING)
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
-        self.events_topic = self.app.topic(settings.events_topic, **raw)
-        self.repartition_topic = self.app.topic(f"{settings.app_id}-events-by-user", **raw)
-        self.scores_topic = self.app.topic(settings.scores_topic, **raw)
+        by_user = f"{settings.app_id}-events-by-user"
+        self.repartition_topic = self.app.topic(by_user, **raw)
         self.dead_letter_topic = self.app.topic(settings.dead_letter_topic, **raw)
         self.artifacts_topic = self.app.topic(settings.artifacts_topic, **raw)
         # key_type/value_type=bytes is how a Faust Table stores raw bytes
@@ -97,8 +95,8 @@ class Worker:
         self.served = asyncio.Event()
         self.assigned = False
         self._batch_within = parse_duration(settings.batch_within)
-        self.app.agent(self.app.topic(settings.events_topic, f"{settings.app_id}-events-by-user", **raw),
-                       name="score", concurrency=1)(self._score_stream)
+        self.app.agent(self.app.topic(settings.events_topic, by_user, **raw), name="score",
+                       concurrency=1)(self._score_stream)
         self.app.agent(self.artifacts_topic, name="artifacts")(self._announcements)
         self.app.timer(parse_duration(settings.swap_check_every))(self._check_artifact)
         self.app.timer(1.0)(self._record_lag)
@@ -258,9 +256,6 @@ class Worker:
         """Recovered, assigned and serving an artifact: what /ready reports."""
         return (self.follower.scorer is not None and self.assigned
                 and not self.app.tables.recovery.in_recovery)
-
-    def data_dir(self) -> Path:
-        return Path(self.settings.data_dir)
 
 
 def _report_failed_delivery(task: asyncio.Task) -> None:

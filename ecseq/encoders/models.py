@@ -72,3 +72,9 @@ def build_encoder(config: dict) -> SequenceEncoder:
     if config["backbone"] == "transformer":
         return TransformerEncoder(**kwargs)
     raise ValueError(f"unknown backbone {config['backbone']!r}; choose from {', '.join(BACKBONES)}")
+
+
+def new_encoder(backbone: str, input_dim: int, hidden: int, window: int) -> SequenceEncoder:
+    """A fresh (untrained) encoder; the Transformer's learned positions cover `window` events."""
+    extra = {"max_len": window} if backbone == "transformer" else {}
+    return build_encoder({"backbone": backbone, "input_dim": input_dim, "hidden": hidden, **extra})

@@ -17,14 +17,20 @@ import torch
 
 from ecseq.data.events import EventTable
 from ecseq.data.splits import Split, split_rows_by_time
-from ecseq.encoders.models import LSTMEncoder, SequenceEncoder, TransformerEncoder
+from ecseq.encoders.models import SequenceEncoder, new_encoder
 from ecseq.encoders.training import EncoderTrainConfig, embed_rows, train_encoder
 from ecseq.evaluation.head import LogisticHead
 from ecseq.evaluation.metrics import summarize
 from ecseq.features import FeatureSpec
 from ecseq.gnn_training import Labelled
 from ecseq.graph import CompressedGraph
-from ecseq.relation import RelationConfig, RelationModel, encoder_logits, fit_compressed, fit_full_graph
+from ecseq.relation import (
+    RelationConfig,
+    RelationModel,
+    encoder_logits,
+    fit_compressed,
+    fit_full_graph,
+)
 from ecseq.scoring import Scorer
 from ecseq.sequences import SequenceWindows
 
@@ -74,12 +80,6 @@ def training_events(table: EventTable, rows: np.ndarray, window: int) -> np.ndar
     return np.cumsum(diff[:-1]) > 0
 
 
-def _build_encoder(config: ExperimentConfig, dim: int) -> SequenceEncoder:
-    if config.backbone == "transformer":
-        return TransformerEncoder(dim, config.hidden, max_len=config.window)
-    return LSTMEncoder(dim, config.hidden)
-
-
 def _per_event_seconds(fn, windows: SequenceWindows, rows: np.ndarray) -> tuple[np.ndarray, float]:
     """Run `fn` over batches of featurised windows; time only `fn` (windows are its input)."""
     outputs, spent = [], 0.0
@@ -118,7 +118,7 @@ def prepare(table: EventTable, split: Split, config: ExperimentConfig, seed: int
     windows = SequenceWindows.build(spec.transform(table.frame), table.user_start, config.window)
 
     torch.manual_seed(seed)
-    encoder = _build_encoder(config, spec.dim)
+    encoder = new_encoder(config.backbone, spec.dim, config.hidden, config.window)
     trained = train_encoder(encoder, windows, encoder_rows, labels[encoder_rows], split.val, labels[split.val],
                             replace(config.encoder, seed=seed))
     val_emb = embed_rows(encoder, windows, split.val)
