@@ -17,6 +17,7 @@ replaced by ``<phase>-<seq>``). Every app gets the same rows in the same order:
 The apps:
   ``bare``          bench/faust_bare.py: forward each event, keyed by user (the framework's
                     ceiling), handling its outputs as the worker does (WORKER_IO_ARGS);
+                    every bare app batches as the worker does (batch size, window, fetch wait);
   ``bare-table``    the same plus a per-user table write per event (memory store);
   ``worker``        the real ECSeq worker, ``python -m ecseq_cli worker`` configured through
                     ECSEQ_* variables (``worker_app``), state in RocksDB (the product default);
@@ -54,6 +55,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.common import report_checks
+from ecseq.settings import Settings, parse_duration
 from kafka_io import DevBroker, ensure_topics, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,6 +86,14 @@ class AppSpec:
     extra_topics: dict[str, int] = field(default_factory=dict)
     compacted: tuple[str, ...] = ()
     metrics_url: str | None = None  # the worker's /metrics
+
+
+def batching_args(settings: Settings) -> list[str]:
+    """The bare apps batch as the worker does: its batch size and window, and (as the worker sets
+    it, worker/app.py) a broker fetch wait no longer than that window."""
+    within = parse_duration(settings.batch_within)
+    return ["--batch", str(settings.batch_size), "--within", str(within),
+            "--fetch-wait-ms", str(max(1, round(within * 1000)))]
 
 
 def bare_app(name: str, bootstrap: str, table: bool, extra: list[str], tmp: Path) -> AppSpec:
@@ -671,11 +681,12 @@ def main() -> int:
         artifact = artifact_info(store) if (store / "CURRENT").exists() else {"window": 50}
         setup["artifact"] = artifact
         with DevBroker() as broker:
-            same_io = args.bare_args.split() + WORKER_IO_ARGS
+            faust_io = args.bare_args.split() + batching_args(Settings.from_env(extra_env))
+            same_io = faust_io + WORKER_IO_ARGS
             specs = {
                 "bare": lambda: bare_app("bare", broker.bootstrap, False, same_io, tmp),
                 "bare-table": lambda: bare_app("bare-table", broker.bootstrap, True, same_io, tmp),
-                "bare-faust-io": lambda: bare_app("bare-faust-io", broker.bootstrap, False, args.bare_args.split(), tmp),
+                "bare-faust-io": lambda: bare_app("bare-faust-io", broker.bootstrap, False, faust_io, tmp),
                 "worker": lambda: worker_app("worker", broker.bootstrap, store, "rocksdb://", tmp, extra_env),
                 "worker-memory": lambda: worker_app("worker-memory", broker.bootstrap, store, "memory://", tmp,
                                                     extra_env),

@@ -14,6 +14,7 @@ from prometheus_client import (
 
 from compression_builder.pipeline import BuildOutcome
 
+BUILD_RESULTS = ("published", "refused", "failed", "busy")
 STAGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
 
 
@@ -41,6 +42,12 @@ class BuilderMetrics:
                                 "Held-out quality of the last build: model is serving (after the build), "
                                 "candidate or encoder; metric is auc, ap or r_at_p90.",
                                 ["model", "metric"], registry=r)
+        self.started = Gauge("ecseq_builder_start_time_seconds",
+                             "When this builder process started (before its first build, last success is 0).",
+                             registry=r)
+        self.started.set_to_current_time()
+        for result in BUILD_RESULTS:  # every series exists from the start, so increase() sees the first one
+            self.builds.labels(result)
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         self.stage_seconds.labels(stage).observe(seconds)

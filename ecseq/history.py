@@ -32,6 +32,7 @@ distinct values), which keeps the bytes round trip and featurisation cheap.
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 from collections.abc import Sequence
@@ -125,11 +126,12 @@ class UserHistory:
         drop = max(0, n + 1 - limit)
         if position < drop:
             return NOT_KEPT
-        numeric = np.clip(np.asarray(event.numeric, dtype=np.float64), -_F32_MAX, _F32_MAX).astype(np.float32)
+        # clamped in Python (NaN passes through both comparisons): a few values, cheaper than numpy calls
+        numeric = np.array([[min(max(v, -_F32_MAX), _F32_MAX) for v in event.numeric]], dtype=np.float32)
         codes = np.array([[self._code(value) for value in event.categorical]], dtype=np.int32)
         self._ids.insert(position, event.event_id)
         self._ts = _insert(self._ts, position, np.array([event.ts]))
-        self._num = _insert(self._num, position, numeric[None, :])
+        self._num = _insert(self._num, position, numeric)
         self._codes = _insert(self._codes, position, codes)
         if drop:
             del self._ids[:drop]
@@ -178,8 +180,7 @@ class UserHistory:
         codes, values = _compacted(self._codes, self._values)
         width = 1 if len(values) <= 0xFF else 2 if len(values) <= 0xFFFF else 4
         body = b"".join([
-            struct.pack("<BHH", FORMAT_VERSION, len(self.schema.numeric), len(self.schema.categorical)),
-            _strings(self.schema.columns, "column name"),
+            _header(self.schema),
             _strings([self.user_id or ""], "user id"),
             struct.pack("<H", len(self)),
             _strings(self._ids, "event id"),
@@ -217,16 +218,29 @@ def _compacted(codes: np.ndarray, values: list[str]) -> tuple[np.ndarray, list[s
 
 
 def _insert(array: np.ndarray, position: int, rows: np.ndarray) -> np.ndarray:
-    return np.concatenate([array[:position], rows, array[position:]])
+    if position == len(array):  # the common case: events arrive in time order
+        return np.concatenate((array, rows))
+    return np.concatenate((array[:position], rows, array[position:]))
 
 
 def _strings(items: Sequence[str], what: str) -> bytes:
     """Each item's UTF-8 length (H), then the UTF-8 concatenated."""
-    encoded = [item.encode("utf-8") for item in items]
-    lengths = [len(e) for e in encoded]
+    text = "".join(items)
+    if text.isascii():  # one encode, lengths from the str objects: the common case
+        lengths, blob = list(map(len, items)), text.encode("ascii")
+    else:
+        encoded = [item.encode("utf-8") for item in items]
+        lengths, blob = list(map(len, encoded)), b"".join(encoded)
     if lengths and max(lengths) > 0xFFFF:
         raise ValueError(f"a {what} of more than {0xFFFF} bytes cannot be stored in a user history")
-    return struct.pack(f"<{len(lengths)}H", *lengths) + b"".join(encoded)
+    return struct.pack(f"<{len(lengths)}H", *lengths) + blob
+
+
+@functools.lru_cache(maxsize=64)
+def _header(schema: EventSchema) -> bytes:
+    """The bytes every history of `schema` starts with (format version and column names)."""
+    return struct.pack("<BHH", FORMAT_VERSION, len(schema.numeric), len(schema.categorical)) + \
+        _strings(schema.columns, "column name")
 
 
 class _Reader:

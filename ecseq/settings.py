@@ -48,8 +48,9 @@ class Settings:
     app_id: str = "ecseq-worker"  # consumer group and table/changelog prefix: replicas share it
     partitions: int = 4  # partitions of the topics the worker creates (its parallelism limit)
     batch_size: int = 200  # events scored in one call
-    batch_within: str = "20ms"  # ... or fewer, if this much time passed since the first
+    batch_within: str = "10ms"  # ... or fewer, if this much time passed since the first
     state_store: str = "rocksdb://"  # per-user sequence table: rocksdb:// (durable) or memory://
+    state_cache_users: int = 100_000  # decoded user sequences kept in memory in front of the table
     data_dir: str = "./worker-data"  # local state (RocksDB) of this replica
     web_host: str = "127.0.0.1"  # /health, /ready, /metrics
     web_port: int = 6066

@@ -17,14 +17,11 @@ import json
 import logging
 import os
 import time
-import weakref
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import faust
+import orjson
 import torch
-from faust.streams import _current_event  # see _as_current
 
 from ecseq.artifacts import ArtifactStore
 from ecseq.data.records import Event, decode_event
@@ -33,7 +30,8 @@ from ecseq.settings import Settings, parse_duration
 from worker import faust_compat, views
 from worker.faust_settings import faust_settings
 from worker.metrics import WorkerMetrics
-from worker.records import Source, dead_letter_headers, score_record
+from worker.records import TOO_LATE, Source, dead_letter_headers, score_record
+from worker.sequences import SequenceTable
 from worker.serving import SWAPPED, ArtifactFollower
 
 log = logging.getLogger("ecseq.worker")
@@ -45,7 +43,6 @@ log = logging.getLogger("ecseq.worker")
 # producer_max_request_size, stays 1 MB).
 PRODUCER_TUNING = {"producer_max_batch_size": 256 * 1024}
 MAX_UNCONFIRMED = 2  # scored micro-batches whose outputs may be in flight while the next one is scored
-TOO_LATE = "too_late"  # older than every event of a full history: its window is gone
 # Events kept beyond the scoring window, so a redelivered event (replayed after a crash, up to a
 # commit interval back) still finds its whole window and gets the score it got the first time.
 HISTORY_SLACK = 8
@@ -53,21 +50,6 @@ HISTORY_SLACK = 8
 
 def history_limit(window: int) -> int:
     return window + HISTORY_SLACK
-TABLE = "sequences"
-
-
-@contextmanager
-def _as_current(event: faust.EventT) -> Iterator[None]:
-    """Make `event` Faust's current event while writing its user's table entry.
-
-    Faust picks a table write's changelog partition (and RocksDB partition) from the current
-    event; in a micro-batch that is the batch's last event, whatever partition the user is on.
-    """
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
 
 
 class Worker:
@@ -82,19 +64,20 @@ class Worker:
             # the encoder pass on a 48-event batch took 5.6 ms with 2 threads, ~1 ms with 1).
             torch.set_num_threads(1)
         self.follower = ArtifactFollower(ArtifactStore(settings.store, keep=settings.keep_versions), self.metrics)
-        faust_compat.apply()
+        self._batch_within = parse_duration(settings.batch_within)
+        # the broker may hold a fetch for its whole max wait (Tansu does): no longer than an event
+        # may wait for its batch anyway
+        faust_compat.apply(fetch_wait_ms=max(1, round(self._batch_within * 1000)))
         self.app = faust.App(settings.app_id, **faust_settings(settings), **PRODUCER_TUNING)
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
         by_user = f"{settings.app_id}-events-by-user"
         self.repartition_topic = self.app.topic(by_user, **raw)
         self.dead_letter_topic = self.app.topic(settings.dead_letter_topic, **raw)
         self.artifacts_topic = self.app.topic(settings.artifacts_topic, **raw)
-        # key_type/value_type=bytes is how a Faust Table stores raw bytes
-        self.table = self.app.Table(TABLE, default=None, partitions=settings.partitions, key_type=bytes,
-                                    value_type=bytes)
+        self.sequences = SequenceTable(self.app, settings.partitions, settings.state_cache_users)
         self.served = asyncio.Event()
         self.assigned = False
-        self._batch_within = parse_duration(settings.batch_within)
+        self.metrics.ready.set_function(lambda: float(self.ready))
         self.app.agent(self.app.topic(settings.events_topic, by_user, **raw), name="score",
                        concurrency=1)(self._score_stream)
         self.app.agent(self.artifacts_topic, name="artifacts")(self._announcements)
@@ -184,7 +167,7 @@ class Worker:
         histories, positions, kept = [], [], []
         latest: dict[str, tuple[UserHistory, faust.EventT]] = {}
         for event, decoded, source in valid:
-            history = latest.get(decoded.user_id, (None,))[0] or self._history(decoded.user_id, scorer.schema)
+            history = latest.get(decoded.user_id, (None,))[0] or self.sequences.history(decoded.user_id, scorer.schema)
             known = decoded.event_id in history.event_ids
             position = history.append(decoded, history_limit(scorer.window))
             if position == NOT_KEPT:
@@ -196,9 +179,9 @@ class Worker:
             histories.append(history.copy())
             positions.append(position)
             kept.append((decoded, source))
-        for user, (history, event) in latest.items():
-            with _as_current(event):
-                self.table[user] = history.to_bytes()
+        producer = await self.app.maybe_start_producer()
+        updates = [(user, history, event) for user, (history, event) in latest.items()]
+        pending.append(await self.sequences.write(updates, producer))
         lap("state")
 
         scores = scorer.score(histories, positions, lap) if histories else []
@@ -206,11 +189,10 @@ class Worker:
         # Straight to the producer Topic.send hands records to: same partitioner (by key), same
         # delivery futures, without Faust's per-message FutureMessage, callbacks and send sensors
         # (measured: ~48 -> ~8 us per record handed off)
-        producer = await self.app.maybe_start_producer()
         scores_topic = self.settings.scores_topic
         for score, (decoded, source) in zip(scores, kept):
             record = score_record(score, scorer.version, decoded.ts, source, received, scored_at)
-            pending.append(await producer.send(scores_topic, score.user_id.encode(), json.dumps(record).encode(),
+            pending.append(await producer.send(scores_topic, score.user_id.encode(), orjson.dumps(record),
                                                None, None, None))
             metrics.neighbours.observe(score.neighbours)
             if score.neighbours == 0:
@@ -219,16 +201,6 @@ class Worker:
         metrics.events.labels("scored").inc(len(kept))
         metrics.batch_size.observe(len(events))
         return pending, kept
-
-    def _history(self, user: str, schema) -> UserHistory:
-        stored = self.table.get(user)
-        if stored is None:
-            return UserHistory.empty(schema)
-        try:
-            return UserHistory.from_bytes(stored, schema)
-        except ValueError as exc:  # never fatal: the user starts over, loudly
-            log.error("unreadable sequence state for user %s (%s); starting it empty", user, exc)
-            return UserHistory.empty(schema)
 
     async def _dead_letter(self, message, reason: str, source: Source) -> asyncio.Future:
         self.metrics.dead_letters.labels(reason).inc()
@@ -240,6 +212,7 @@ class Worker:
 
     async def _on_assigned(self, sender, assigned, **_: object) -> None:
         self.assigned = True
+        self.metrics.lag.clear()  # partitions now on another replica stop being reported here
 
     async def _record_lag(self) -> None:
         consumer = self.app.consumer

@@ -10,8 +10,15 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from ecseq.data.records import REASONS
+from worker.records import TOO_LATE
+
+DEAD_LETTER_REASONS = (*REASONS, TOO_LATE)
 # 50 us .. 10 s: one stage of a batch is often well under a millisecond
 LATENCY_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+# event to score: fine around a tens-of-milliseconds SLO (the default alert is on p99 > 50 ms)
+END_TO_END_BUCKETS = (2.5e-3, 5e-3, 1e-2, 1.5e-2, 2e-2, 2.5e-2, 3e-2, 4e-2, 5e-2, 6e-2, 7.5e-2, 0.1, 0.15, 0.25, 0.5,
+                      1.0, 2.5, 10.0, 60.0)
 
 
 class WorkerMetrics:
@@ -24,7 +31,7 @@ class WorkerMetrics:
             ["stage"], buckets=LATENCY_BUCKETS, registry=r)
         self.event_to_score = Histogram(
             "ecseq_worker_event_to_score_seconds",
-            "From the input record's Kafka timestamp to its score being sent.", buckets=LATENCY_BUCKETS, registry=r)
+            "From the input record's Kafka timestamp to its score being sent.", buckets=END_TO_END_BUCKETS, registry=r)
         self.events = Counter("ecseq_worker_events", "Input events by outcome (scored, dead_letter, repartitioned).",
                               ["outcome"], registry=r)
         self.dead_letters = Counter("ecseq_worker_dead_letters", "Events sent to the dead-letter topic, by reason.",
@@ -43,8 +50,18 @@ class WorkerMetrics:
                                        "Scored events with no compressed node above epsilon (drift).", registry=r)
         self.lag = Gauge("ecseq_worker_consumer_lag", "Records behind the high watermark, per input partition.",
                          ["topic", "partition"], registry=r)
+        self.ready = Gauge("ecseq_worker_ready", "1 when recovered, assigned and serving an artifact (as /ready).",
+                           registry=r)
         self.batch_size = Histogram("ecseq_worker_batch_size", "Events per scored micro-batch.",
                                     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000), registry=r)
+
+        # every labelled series exists from the start (at 0), so rate() and increase() see the first event
+        for outcome in ("scored", "dead_letter", "repartitioned"):
+            self.events.labels(outcome)
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(reason)
+        for result in ("swapped", "refused"):
+            self.swaps.labels(result)
 
     def served(self, version: str, created_at: float) -> None:
         self.artifact.info({"version": version})

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from ecseq.online import OnlineScore
 
 HEADER_PREFIX = "ecseq."
+TOO_LATE = "too_late"  # a dead-letter reason beyond decoding: older than every event of a full history
 
 
 @dataclass(frozen=True)
