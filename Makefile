@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install evaluate test bench clean
+.PHONY: install system-tools evaluate test bench demo clean
 
 install: $(VENV)/.installed
 
@@ -13,11 +13,34 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
+# Debian tools the deploy tests use: docker-compose (validates docker-compose.yml, no engine
+# needed) and prometheus (promtool + a real server). Installed only when missing; the
+# prometheus package's service is kept from starting (policy-rc.d), so nothing holds :9090.
+system-tools:
+	@missing=""; \
+	command -v docker-compose >/dev/null 2>&1 || missing="$$missing docker-compose"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+		echo "system-tools: missing; install as root: apt-get install --no-install-recommends$$missing" >&2; exit 1; \
+	fi; \
+	policy=/usr/sbin/policy-rc.d; made_policy=""; \
+	if [ ! -e $$policy ]; then printf '#!/bin/sh\nexit 101\n' > $$policy; chmod 755 $$policy; made_policy=1; fi; \
+	echo "system-tools: apt-get install$$missing"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends$$missing >/dev/null; \
+	status=$$?; \
+	if [ -n "$$made_policy" ]; then rm -f $$policy; fi; \
+	if [ -d /run/systemd/system ]; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi; \
+	exit $$status
+
 evaluate: install
 	$(BIN)/ecseq evaluate --scenario refresh --out runs/evaluate
 
-test: install
+test: install system-tools
 	$(BIN)/pytest -q -p no:cacheprovider
+
+demo: install
+	$(BIN)/ecseq demo
 
 bench: install
 	$(BIN)/python -m bench.bench_scoring
