@@ -1,3 +1,7 @@
+import dataclasses
+import re
+from pathlib import Path
+
 import pytest
 
 from ecseq.data.events import DataError
@@ -27,3 +31,12 @@ def test_durations(text, seconds):
 def test_bad_durations_are_refused(text):
     with pytest.raises(DataError, match="not a positive duration"):
         parse_duration(text)
+
+
+def test_the_readme_documents_every_variable_with_its_default():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for field in dataclasses.fields(Settings):
+        name = Settings.variable(field.name)
+        row = re.search(rf"^\| `{name}` \| `([^`]*)` \|", readme, re.MULTILINE)
+        assert row, f"{name} is missing from the README's configuration table"
+        assert row.group(1) == str(field.default), f"{name}: README says {row.group(1)}, the code {field.default}"
