@@ -89,11 +89,9 @@ class AppSpec:
 
 
 def batching_args(settings: Settings) -> list[str]:
-    """The bare apps batch as the worker does: its batch size and window, and (as the worker sets
-    it, worker/app.py) a broker fetch wait no longer than that window."""
-    within = parse_duration(settings.batch_within)
-    return ["--batch", str(settings.batch_size), "--within", str(within),
-            "--fetch-wait-ms", str(max(1, round(within * 1000)))]
+    """The bare apps batch and fetch as the worker does: its batch size, window and fetch wait."""
+    return ["--batch", str(settings.batch_size), "--within", str(parse_duration(settings.batch_within)),
+            "--fetch-wait-ms", str(max(1, round(parse_duration(settings.fetch_wait) * 1000)))]
 
 
 def bare_app(name: str, bootstrap: str, table: bool, extra: list[str], tmp: Path) -> AppSpec:

@@ -65,9 +65,7 @@ class Worker:
             torch.set_num_threads(1)
         self.follower = ArtifactFollower(ArtifactStore(settings.store, keep=settings.keep_versions), self.metrics)
         self._batch_within = parse_duration(settings.batch_within)
-        # the broker may hold a fetch for its whole max wait (Tansu does): no longer than an event
-        # may wait for its batch anyway
-        faust_compat.apply(fetch_wait_ms=max(1, round(self._batch_within * 1000)))
+        faust_compat.apply(fetch_wait_ms=max(1, round(parse_duration(settings.fetch_wait) * 1000)))
         self.app = faust.App(settings.app_id, **faust_settings(settings), **PRODUCER_TUNING)
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
         by_user = f"{settings.app_id}-events-by-user"
