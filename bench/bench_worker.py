@@ -1,13 +1,16 @@
 """Stream-worker throughput and latency against the framework's own ceiling, in one run.
 
-Starts a Tansu dev broker on loopback, then for each app under test: creates its topics
-(4 partitions), starts the app as a separate process, warms it up, and drives it with
+Starts a Tansu dev broker on loopback, then for each app under test, twice (once per phase, on
+fresh topics: the dev broker's fetch cost grows with a partition's log, see run_app): creates
+its topics (4 partitions), starts the app as a separate process, warms it up, and drives it with
 bench/worker_load.py (another process) replaying rows of the synthetic data set (``--users``
 of its users with all their events, in time order, missing values as null, event ids
 replaced by ``<phase>-<seq>``). Every app gets the same rows in the same order:
   (a) max throughput: N events as fast as the generator can send them; events/s from the
       first input sent to the last output read back;
-  (b) latency at half that rate (the app's *own* max): per event, the output's receive time
+  (b) latency at half that rate (the app's *own* max), after its own warm-up of the same
+      first rows (so users' histories are shorter than in (a): mean_history_in_window says
+      how much): per event, the output's receive time
       (a plain reader in this process) minus the send time the generator recorded (e2e), and
       the output record's own timestamp (set when the app hands it to its producer) minus the
       send time. For the worker the score record's timestamps split e2e into broker + fetch +
@@ -94,11 +97,11 @@ def batching_args(settings: Settings) -> list[str]:
             "--fetch-wait-ms", str(max(1, round(parse_duration(settings.fetch_wait) * 1000)))]
 
 
-def bare_app(name: str, bootstrap: str, table: bool, extra: list[str], tmp: Path) -> AppSpec:
-    topic_in, topic_out = f"bench.{name}.in", f"bench.{name}.out"
+def bare_app(name: str, run: str, bootstrap: str, table: bool, extra: list[str], tmp: Path) -> AppSpec:
+    topic_in, topic_out = f"bench.{name}.{run}.in", f"bench.{name}.{run}.out"
     argv = [sys.executable, "-m", "bench.faust_bare", "--bootstrap", bootstrap,
-            "--input", topic_in, "--output", topic_out, "--group", f"bench-{name}",
-            "--partitions", str(PARTITIONS), "--datadir", str(tmp / f"{name}-data")]  # fmt: skip
+            "--input", topic_in, "--output", topic_out, "--group", f"bench-{name}-{run}",
+            "--partitions", str(PARTITIONS), "--datadir", str(tmp / f"{name}-{run}-data")]  # fmt: skip
     if table:
         argv.append("--table")
     return AppSpec(name, argv + extra, input=topic_in, output=topic_out)
@@ -108,9 +111,9 @@ def bare_app(name: str, bootstrap: str, table: bool, extra: list[str], tmp: Path
 # The real worker: `ecseq worker` configured only through ECSEQ_* variables (ecseq/settings.py),
 # on its own topics, consumer group / table prefix (app id), data directory and loopback port.
 # ------------------------------------------------------------------------------------------
-def worker_app(name: str, bootstrap: str, store: Path, state_store: str, tmp: Path,
+def worker_app(name: str, run: str, bootstrap: str, store: Path, state_store: str, tmp: Path,
                extra_env: dict[str, str]) -> AppSpec:  # fmt: skip
-    topics = {t: f"bench.{name}.{t}" for t in ("in", "out", "dlq", "artifacts", "labels")}
+    topics = {t: f"bench.{name}.{run}.{t}" for t in ("in", "out", "dlq", "artifacts", "labels")}
     port = free_port()
     env = {
         "ECSEQ_BROKER": bootstrap,
@@ -120,9 +123,9 @@ def worker_app(name: str, bootstrap: str, store: Path, state_store: str, tmp: Pa
         "ECSEQ_DEAD_LETTER_TOPIC": topics["dlq"],
         "ECSEQ_ARTIFACTS_TOPIC": topics["artifacts"],
         "ECSEQ_LABELS_TOPIC": topics["labels"],
-        "ECSEQ_APP_ID": f"bench-{name}",
+        "ECSEQ_APP_ID": f"bench-{name}-{run}",
         "ECSEQ_STATE_STORE": state_store,
-        "ECSEQ_DATA_DIR": str(tmp / f"{name}-data"),
+        "ECSEQ_DATA_DIR": str(tmp / f"{name}-{run}-data"),
         "ECSEQ_WEB_HOST": "127.0.0.1",
         "ECSEQ_WEB_PORT": str(port),
         "ECSEQ_PARTITIONS": str(PARTITIONS),
@@ -537,11 +540,16 @@ def latency_breakdown(seen: dict[int, Seen], sent: list[float]) -> dict:
 
 
 def run_app(spec: AppSpec, bootstrap: str, args: argparse.Namespace, log_dir: Path, replay: Replay,
-            window: int, broker_pid: int | None) -> dict:  # fmt: skip
+            window: int, broker_pid: int | None, latency_rate: float | None = None) -> dict:  # fmt: skip
+    """One app on fresh topics: warm-up, then the max-throughput phase, or (latency_rate given) the
+    latency phase at that rate. Each phase gets fresh topics because the dev broker's fetch cost
+    grows with a partition's log (Tansu reads the log to find an offset): a latency phase run
+    after the max phase's 30k events measured the broker, not the app."""
     ensure_topics(bootstrap, {spec.input: PARTITIONS, spec.output: PARTITIONS, **spec.extra_topics},
                   compacted=spec.compacted)
     reader = OutputReader(bootstrap, spec.output, args.reader_fetch_wait_ms).start()
-    log_path = log_dir / f"{spec.name}.log"
+    run = "max" if latency_rate is None else "lat"
+    log_path = log_dir / f"{spec.name}-{run}.log"
     log = open(log_path, "w")  # noqa: SIM115 - closed below
     started = time.time()
     app = subprocess.Popen(spec.argv, cwd=ROOT, env={**os.environ, **spec.env}, stdout=log,
@@ -559,6 +567,9 @@ def run_app(spec: AppSpec, bootstrap: str, args: argparse.Namespace, log_dir: Pa
             raise RuntimeError(f"warm-up: {got}/{args.warmup} events came out within 90 s")
         time.sleep(0.5)
         m0 = scrape(spec.metrics_url)
+        if latency_rate is not None:
+            _latency_phase(spec, bootstrap, args, reader, replay, window, app, out, latency_rate, offset, m0)
+            return out
 
         # (a) Max throughput.
         profiler = None
@@ -586,27 +597,10 @@ def run_app(spec: AppSpec, bootstrap: str, args: argparse.Namespace, log_dir: Pa
                       "app_cpu_us_per_event": round(1e6 * (cpu1 - cpu0) / max(got, 1), 1),
                       "broker_cpu_s": round(bcpu1 - bcpu0, 2),
                       "worker_metrics": metrics_delta(m0, m1)}  # fmt: skip
-        offset += args.n
         print(f"[{spec.name}] max: {got}/{args.n} in {seconds:.2f}s = {eps:,.0f} ev/s "
               f"(generator {gen['rate']:,.0f} ev/s; app CPU {cpu1 - cpu0:.1f}s, broker CPU {bcpu1 - bcpu0:.1f}s)",
               flush=True)  # fmt: skip
 
-        # (b) Latency at half the max rate.
-        rate = max(50.0, args.latency_load * eps)
-        n = int(rate * args.latency_seconds)
-        gen, sent = generate(bootstrap, spec.input, "lat", n, rate, replay.path, offset)
-        got = wait_for(reader, "lat", n, 60, app)
-        time.sleep(0.3)
-        m2 = scrape(spec.metrics_url)
-        out["latency"] = {"rate_target": round(rate, 1), "rate_sent": gen["rate"], "events": n, "delivered": got,
-                          "mean_history_in_window": round(replay.history_fill(offset, n, window), 1),
-                          **latency_breakdown(reader.phase("lat"), sent),
-                          "worker_metrics": metrics_delta(m1, m2)}  # fmt: skip
-        offset += n
-        lat = out["latency"]
-        print(f"[{spec.name}] latency at {gen['rate']:,.0f} ev/s: e2e p50 {lat['e2e_ms']['p50']} ms, "
-              f"p99 {lat['e2e_ms']['p99']} ms; to score record p50 {lat['to_output_timestamp_ms']['p50']} ms, "
-              f"p99 {lat['to_output_timestamp_ms']['p99']} ms ({got}/{n} delivered)", flush=True)
     finally:
         stop_started = time.time()
         if app.poll() is None:
@@ -623,6 +617,25 @@ def run_app(spec: AppSpec, bootstrap: str, args: argparse.Namespace, log_dir: Pa
         reader.stop()
         log.close()
     return out
+
+
+def _latency_phase(spec: AppSpec, bootstrap: str, args: argparse.Namespace, reader: OutputReader, replay: Replay,
+                   window: int, app: subprocess.Popen, out: dict, rate: float, offset: int,
+                   m1: dict | None) -> None:  # fmt: skip
+    """(b) Latency at a fixed rate (half the app's own max)."""
+    n = int(rate * args.latency_seconds)
+    gen, sent = generate(bootstrap, spec.input, "lat", n, rate, replay.path, offset)
+    got = wait_for(reader, "lat", n, 60, app)
+    time.sleep(0.3)
+    m2 = scrape(spec.metrics_url)
+    out["latency"] = {"rate_target": round(rate, 1), "rate_sent": gen["rate"], "events": n, "delivered": got,
+                      "mean_history_in_window": round(replay.history_fill(offset, n, window), 1),
+                      **latency_breakdown(reader.phase("lat"), sent),
+                      "worker_metrics": metrics_delta(m1, m2)}  # fmt: skip
+    lat = out["latency"]
+    print(f"[{spec.name}] latency at {gen['rate']:,.0f} ev/s: e2e p50 {lat['e2e_ms']['p50']} ms, "
+          f"p99 {lat['e2e_ms']['p99']} ms; to score record p50 {lat['to_output_timestamp_ms']['p50']} ms, "
+          f"p99 {lat['to_output_timestamp_ms']['p99']} ms ({got}/{n} delivered)", flush=True)
 
 
 def _env_pairs(items: list[str]) -> dict[str, str]:
@@ -682,17 +695,23 @@ def main() -> int:
             faust_io = args.bare_args.split() + batching_args(Settings.from_env(extra_env))
             same_io = faust_io + WORKER_IO_ARGS
             specs = {
-                "bare": lambda: bare_app("bare", broker.bootstrap, False, same_io, tmp),
-                "bare-table": lambda: bare_app("bare-table", broker.bootstrap, True, same_io, tmp),
-                "bare-faust-io": lambda: bare_app("bare-faust-io", broker.bootstrap, False, faust_io, tmp),
-                "worker": lambda: worker_app("worker", broker.bootstrap, store, "rocksdb://", tmp, extra_env),
-                "worker-memory": lambda: worker_app("worker-memory", broker.bootstrap, store, "memory://", tmp,
-                                                    extra_env),
+                "bare": lambda run: bare_app("bare", run, broker.bootstrap, False, same_io, tmp),
+                "bare-table": lambda run: bare_app("bare-table", run, broker.bootstrap, True, same_io, tmp),
+                "bare-faust-io": lambda run: bare_app("bare-faust-io", run, broker.bootstrap, False, faust_io, tmp),
+                "worker": lambda run: worker_app("worker", run, broker.bootstrap, store, "rocksdb://", tmp,
+                                                 extra_env),
+                "worker-memory": lambda run: worker_app("worker-memory", run, broker.bootstrap, store, "memory://",
+                                                        tmp, extra_env),
             }  # fmt: skip
             for name in names:
                 try:
-                    results[name] = run_app(specs[name](), broker.bootstrap, args, tmp, replay, artifact["window"],
-                                            broker.pid)  # fmt: skip
+                    results[name] = run_app(specs[name]("max"), broker.bootstrap, args, tmp, replay,
+                                            artifact["window"], broker.pid)  # fmt: skip
+                    rate = max(50.0, args.latency_load * results[name]["max"]["events_per_s"])
+                    latency_run = run_app(specs[name]("lat"), broker.bootstrap, args, tmp, replay, artifact["window"],
+                                          broker.pid, latency_rate=rate)  # fmt: skip
+                    results[name]["latency"] = latency_run["latency"]
+                    results[name]["latency_run"] = {k: v for k, v in latency_run.items() if k != "latency"}
                 except Exception as exc:  # one app failing must not hide the others' numbers
                     print(f"[{name}] FAILED: {exc}", flush=True)
                     results[name] = {"app": name, "error": str(exc)}
@@ -709,7 +728,8 @@ def main() -> int:
         checks[f"{name}: every event came out (max phase)"] = res.get("max", {}).get("delivered") == args.n
         checks[f"{name}: every event came out (latency phase)"] = (
             "latency" in res and res["latency"]["delivered"] == res["latency"]["events"])
-        checks[f"{name}: stopped cleanly on SIGTERM"] = res.get("exit_status") == 0
+        checks[f"{name}: stopped cleanly on SIGTERM (both runs)"] = (
+            res.get("exit_status") == 0 and res.get("latency_run", {}).get("exit_status") == 0)
     ceiling = results.get("bare", {}).get("max", {}).get("events_per_s")
     table_ceiling = results.get("bare-table", {}).get("max", {}).get("events_per_s")
     faust_io_ceiling = results.get("bare-faust-io", {}).get("max", {}).get("events_per_s")
