@@ -12,6 +12,7 @@ import logging
 import sys
 
 from compression_builder import cli as builder_cli
+from demo import cli as demo_cli
 from ecseq import cli as core_cli
 from ecseq.artifacts import ArtifactError, StoreBusy
 from ecseq.data.events import DataError
@@ -34,6 +35,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     builder_cli.add_commands(sub, settings)
     kafka_cli.add_commands(sub, settings)
     worker_cli.add_commands(sub, settings)
+    demo_cli.add_commands(sub, settings)
     return parser
 
 
