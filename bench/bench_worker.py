@@ -568,7 +568,7 @@ def run_app(spec: AppSpec, bootstrap: str, args: argparse.Namespace, log_dir: Pa
         time.sleep(0.5)
         m0 = scrape(spec.metrics_url)
         if latency_rate is not None:
-            _latency_phase(spec, bootstrap, args, reader, replay, window, app, out, latency_rate, offset, m0)
+            _latency_phase(spec, bootstrap, args, reader, replay, window, app, out, latency_rate, offset, m0, broker_pid)
             return out
 
         # (a) Max throughput.
@@ -621,15 +621,18 @@ def run_app(spec: AppSpec, bootstrap: str, args: argparse.Namespace, log_dir: Pa
 
 def _latency_phase(spec: AppSpec, bootstrap: str, args: argparse.Namespace, reader: OutputReader, replay: Replay,
                    window: int, app: subprocess.Popen, out: dict, rate: float, offset: int,
-                   m1: dict | None) -> None:  # fmt: skip
+                   m1: dict | None, broker_pid: int | None) -> None:  # fmt: skip
     """(b) Latency at a fixed rate (half the app's own max)."""
     n = int(rate * args.latency_seconds)
+    bcpu0, started = (cpu_seconds(broker_pid) if broker_pid else 0.0), time.time()
     gen, sent = generate(bootstrap, spec.input, "lat", n, rate, replay.path, offset)
     got = wait_for(reader, "lat", n, 60, app)
+    broker_share = ((cpu_seconds(broker_pid) - bcpu0) / (time.time() - started)) if broker_pid else None
     time.sleep(0.3)
     m2 = scrape(spec.metrics_url)
     out["latency"] = {"rate_target": round(rate, 1), "rate_sent": gen["rate"], "events": n, "delivered": got,
                       "mean_history_in_window": round(replay.history_fill(offset, n, window), 1),
+                      "broker_cpu_share": None if broker_share is None else round(broker_share, 3),
                       **latency_breakdown(reader.phase("lat"), sent),
                       "worker_metrics": metrics_delta(m1, m2)}  # fmt: skip
     lat = out["latency"]
