@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ecseq.data.events import DataError
 from ecseq.settings import Settings
-from kafka_io.broker import _die_with_parent
+from kafka_io.broker import die_with_parent
 
 PIDS_FILE = "pids.json"
 STOP_SECONDS = 5.0  # SIGTERM, then SIGKILL: a builder mid-build would otherwise finish it first
@@ -65,7 +65,7 @@ class Children:
         with log.open("ab") as out:  # the child keeps its own descriptor
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     env={**env, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
-                                    preexec_fn=_die_with_parent())  # noqa: PLW1509 - only calls prctl
+                                    preexec_fn=die_with_parent())  # noqa: PLW1509 - only calls prctl
         child = Child(name, proc, log)
         self._children[name] = child
         self.record(name, proc.pid)

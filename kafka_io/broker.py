@@ -74,8 +74,8 @@ def _accepts(host: str, port: int) -> bool:
         return False
 
 
-def _die_with_parent() -> Any:
-    """preexec_fn asking Linux to SIGTERM the broker when we die, even by SIGKILL (no orphans).
+def die_with_parent() -> Any:
+    """preexec_fn asking Linux to SIGTERM a child (the broker, the demo's services) when we die, even by SIGKILL.
 
     The signal fires when the *thread* that forked exits, so it is only used from the
     main thread; elsewhere the atexit finalizer and ``stop()`` are the safety net.
@@ -208,7 +208,7 @@ class DevBroker:
         try:
             self._proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                env=env, preexec_fn=_die_with_parent(),  # noqa: PLW1509 - only calls prctl
+                env=env, preexec_fn=die_with_parent(),  # noqa: PLW1509 - only calls prctl
             )  # fmt: skip
         except OSError as exc:
             self.stop()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ecseq.artifacts import ArtifactStore
-from kafka_io.broker import _die_with_parent, free_port
+from kafka_io.broker import die_with_parent, free_port
 from kafka_io.topics import produce_json, read_topic
 from tests.processes import child
 from tests.worker.conftest import event_records
@@ -96,14 +96,14 @@ def test_prometheus_scrapes_worker_and_builder_and_answers_alerts_and_dashboard(
     expected_version = ArtifactStore(store).current()
 
     with child(builder_cmd, env=env, stdout=builder_log.open("w"), stderr=subprocess.STDOUT,
-               preexec_fn=_die_with_parent()) as builder, deployment.worker() as worker:
+               preexec_fn=die_with_parent()) as builder, deployment.worker() as worker:
         logs = [builder_log, worker.log, prom_log]
         assert builder.poll() is None, builder_log.read_text()
         config = _local_config(tmp_path, {"ecseq-worker": worker.url.removeprefix("http://"),
                                           "ecseq-builder": f"127.0.0.1:{builder_port}"})
         with child([prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                     f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
-                   stdout=prom_log.open("w"), stderr=subprocess.STDOUT, preexec_fn=_die_with_parent()) as server:
+                   stdout=prom_log.open("w"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent()) as server:
             api = PromAPI(f"http://127.0.0.1:{prom_port}")
 
             def ready() -> bool:
