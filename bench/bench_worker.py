@@ -60,6 +60,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from bench.common import report_checks
 from ecseq.settings import Settings, parse_duration
 from kafka_io import DevBroker, ensure_topics, free_port
+from worker.faust_settings import fetch_wait_ms
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 4
@@ -94,7 +95,7 @@ class AppSpec:
 def batching_args(settings: Settings) -> list[str]:
     """The bare apps batch and fetch as the worker does: its batch size, window and fetch wait."""
     return ["--batch", str(settings.batch_size), "--within", str(parse_duration(settings.batch_within)),
-            "--fetch-wait-ms", str(max(1, round(parse_duration(settings.fetch_wait) * 1000)))]
+            "--fetch-wait-ms", str(fetch_wait_ms(settings))]
 
 
 def bare_app(name: str, run: str, bootstrap: str, table: bool, extra: list[str], tmp: Path) -> AppSpec:
@@ -377,7 +378,7 @@ class Profiler:
 # category. A rule is (qualified function name or its last part, or None = any; a piece of the file
 # path; category). py-spy writes frames as "Class.func (path:line)"; project files outside ecseq/ lose
 # their directory ("app.py"), so worker functions are matched by qualified name.
-CHANGELOG = "state: table get/set, RocksDB, changelog (Faust)"
+CHANGELOG = "state: table store (RocksDB) and changelog sends"
 PROFILE_RULES: tuple[tuple[str | None, str, str], ...] = (
     ("sage_mean_scores", "", "gnn"),
     ("Scorer._score_fused", "ecseq/scoring.py", "attach"),
@@ -388,13 +389,12 @@ PROFILE_RULES: tuple[tuple[str | None, str, str], ...] = (
     ("OnlineScorer.score", "ecseq/online.py", "results (OnlineScore + explanation)"),
     ("decode_event", "", "decode"),
     (None, "ecseq/history.py", "state: UserHistory (append, to/from bytes)"),
-    ("Worker._history", "", CHANGELOG),
+    ("SequenceTable.history", "", CHANGELOG),
     ("_as_current", "", CHANGELOG),
     (None, "faust/tables", CHANGELOG),
     (None, "faust/stores", CHANGELOG),
     (None, "rocksdict", CHANGELOG),
     ("score_record", "", "produce (records, JSON, hand-off)"),
-    ("dumps", "json/", "produce (records, JSON, hand-off)"),
     ("Topic.send", "faust/topics.py", "produce (records, JSON, hand-off)"),
     ("Producer.send", "faust/transport", "produce (records, JSON, hand-off)"),
     ("maybe_start_producer", "", "produce (records, JSON, hand-off)"),
@@ -438,7 +438,10 @@ def _framework_area(parts: list[tuple[str, str]]) -> str:
 def classify(frames: list[str]) -> str:
     """Category of one sample (frames root first, as py-spy's raw format writes them)."""
     parts = [_frame_parts(f) for f in frames]
-    if any("ProducerBuffer" in name for name, _ in parts):  # table writes' changelog records (send_soon)
+    # the worker's own table writes (worker/sequences.py): store puts and changelog sends; the bytes
+    # they write are UserHistory's
+    if any(name == "SequenceTable.write" for name, _ in parts) and not any("ecseq/history.py" in path
+                                                                           for _, path in parts):
         return CHANGELOG
     for depth in range(len(parts) - 1, -1, -1):
         name, path = parts[depth]
@@ -718,9 +721,9 @@ def main() -> int:
                 except Exception as exc:  # one app failing must not hide the others' numbers
                     print(f"[{name}] FAILED: {exc}", flush=True)
                     results[name] = {"app": name, "error": str(exc)}
-                    log = tmp / f"{name}.log"
-                    if log.exists():
-                        results[name]["log_tail"] = log.read_text()[-3000:]
+                    logs = sorted(tmp.glob(f"{name}-*.log"), key=lambda path: path.stat().st_mtime)
+                    if logs:  # the run that failed wrote last
+                        results[name]["log_tail"] = logs[-1].read_text()[-3000:]
                 if args.profile and (tmp / f"{name}.pyspy.txt").exists():
                     keep = ROOT / "bench" / "results" / f"worker-profile-{name}.pyspy.txt"
                     keep.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from ecseq.data.records import Event, decode_event
 from ecseq.history import NOT_KEPT, UserHistory
 from ecseq.settings import Settings, parse_duration
 from worker import faust_compat, views
-from worker.faust_settings import faust_settings
+from worker.faust_settings import faust_settings, fetch_wait_ms
 from worker.metrics import WorkerMetrics
 from worker.records import TOO_LATE, Source, dead_letter_headers, score_record
 from worker.sequences import SequenceTable
@@ -65,7 +65,7 @@ class Worker:
             torch.set_num_threads(1)
         self.follower = ArtifactFollower(ArtifactStore(settings.store, keep=settings.keep_versions), self.metrics)
         self._batch_within = parse_duration(settings.batch_within)
-        faust_compat.apply(fetch_wait_ms=max(1, round(parse_duration(settings.fetch_wait) * 1000)))
+        faust_compat.apply(fetch_wait_ms=fetch_wait_ms(settings))
         self.app = faust.App(settings.app_id, **faust_settings(settings), **PRODUCER_TUNING)
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
         by_user = f"{settings.app_id}-events-by-user"

@@ -162,8 +162,8 @@ def fetch_only_active_partitions() -> None:
 def changelog_instead_of_wal() -> None:
     """Write the RocksDB table partitions without RocksDB's write-ahead log.
 
-    Faust's RocksDB store appends every put to the WAL (a write() per key: measured ~25 us of
-    the ~60 us a scored event spent on state). The changelog topic is the durable copy already,
+    Faust's RocksDB store appends every put to the WAL (a write() per key; a put of a 1.8 KB
+    value measured 5.1 us with it, 1.7 us without). The changelog topic is the durable copy already,
     which is why Kafka Streams disables RocksDB's WAL too: a process killed before a memtable
     flush loses the unflushed suffix of writes -- the persisted offset among them, as it is
     written after its data -- so recovery replays the changelog from an older offset and ends

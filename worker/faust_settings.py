@@ -37,3 +37,8 @@ def faust_settings(settings: Settings) -> dict:
         # restart) instead of being restarted alone with its batch already acknowledged
         "agent_supervisor": "mode.CrashingSupervisor",
     }
+
+
+def fetch_wait_ms(settings: Settings) -> int:
+    """The consumer's fetch wait (faust_compat.shorten_fetch_wait) in whole milliseconds, at least 1."""
+    return max(1, round(parse_duration(settings.fetch_wait) * 1000))

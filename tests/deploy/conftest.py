@@ -38,11 +38,7 @@ def run(args: list[str], timeout: float = 60.0) -> subprocess.CompletedProcess:
 
 
 def load_yaml(path: Path) -> dict:
-    return parse_yaml(path.read_text())
-
-
-def parse_yaml(text: str):
-    return yaml.safe_load(text)
+    return yaml.safe_load(path.read_text())
 
 
 def dashboard_queries() -> list[tuple[str, str]]:

@@ -11,6 +11,7 @@ import tomllib
 from pathlib import Path, PurePosixPath
 
 import pytest
+import yaml
 
 from ecseq.settings import Settings, parse_duration
 
@@ -24,7 +25,6 @@ from .conftest import (
     dashboard_queries,
     exported_metrics,
     load_yaml,
-    parse_yaml,
     run,
     tool,
 )
@@ -37,7 +37,7 @@ TOPIC_FIELDS = ("events_topic", "scores_topic", "labels_topic", "dead_letter_top
 def compose() -> dict:
     """docker-compose.yml as docker-compose itself resolves it (anchors merged, paths absolute)."""
     done = run([tool("docker-compose"), "-f", str(COMPOSE), "config"])
-    return parse_yaml(done.stdout)
+    return yaml.safe_load(done.stdout)
 
 
 def _by_command(services: dict, command: str) -> dict[str, dict]:
