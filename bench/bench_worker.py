@@ -576,7 +576,7 @@ def run_app(spec: AppSpec, bootstrap: str, args: argparse.Namespace, log_dir: Pa
 
         # (a) Max throughput.
         profiler = None
-        if args.profile and spec.metrics_url:
+        if args.profile:
             profiler = Profiler(app.pid, log_dir / f"{spec.name}.pyspy.txt")
         cpu0 = cpu_seconds(app.pid)
         bcpu0 = cpu_seconds(broker_pid) if broker_pid else 0.0

@@ -42,6 +42,7 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 
 import faust
 
+from worker.batches import PartitionBatches
 from worker.faust_compat import (
     hold_streams_until_seeked,
     shorten_fetch_wait,
@@ -128,7 +129,9 @@ def build_app(args: argparse.Namespace) -> faust.App:
                 # (and so committed); it is dropped only once the batch fully succeeded.
                 for event in batch:
                     event.message.incref()
-            producer = await app.maybe_start_producer() if args.direct_send else None
+            # what the worker does: one record batch per partition on the aiokafka producer, not Topic.send
+            out = (PartitionBatches((await app.maybe_start_producer())._ensure_producer(), args.output)
+                   if args.direct_send else None)
             pending = []
             for event in batch:
                 stats["seen"] += 1
@@ -146,10 +149,12 @@ def build_app(args: argparse.Namespace) -> faust.App:
                     with _as_current(stream, event):
                         count = table.get(user)  # default=None: [] would raise KeyError
                         table[user] = b"%d" % (int(count) + 1 if count is not None else 1)
-                if producer is not None:  # what the worker does: Topic.send minus Faust's per-message layer
-                    pending.append(await producer.send(args.output, user, raw, None, None, None))
+                if out is not None:
+                    await out.append(user, raw)
                 else:
                     pending.append(await sink.send(key=user, value=raw))
+            if out is not None:
+                pending.extend(sent.delivered for sent in await out.send())
             if args.pipeline:
                 # the next batch is taken while this one's outputs are in flight (worker/app.py _confirm)
                 unconfirmed.append(asyncio.ensure_future(confirm(batch, pending)))
@@ -220,7 +225,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fail-at", type=int, default=0,
                         help="experiment: raise once while processing the Nth event")
     parser.add_argument("--direct-send", action="store_true",
-                        help="outputs straight to app.producer.send (as the worker does), not Topic.send")
+                        help="outputs as one record batch per partition on the aiokafka producer (as the "
+                             "worker does, worker/batches.py), not Topic.send")
     parser.add_argument("--pipeline", type=int, default=0, metavar="N",
                         help="confirm a batch's outputs in the background, at most N batches in flight "
                              "(as the worker does; needs --hold-acks); 0: wait for them before the next batch")

@@ -33,8 +33,11 @@ distinct values), which keeps the bytes round trip and featurisation cheap.
 from __future__ import annotations
 
 import functools
+import math
 import struct
+import sys
 import zlib
+from array import array
 from collections.abc import Sequence
 from itertools import accumulate, pairwise
 
@@ -46,6 +49,7 @@ FORMAT_VERSION = 1
 NOT_KEPT = -1  # append's answer for an event older than every event of a full history
 MAX_LIMIT = 0xFFFF  # events a history can hold (the count is stored in two bytes)
 _F32_MAX = float(np.finfo(np.float32).max)
+_LITTLE_ENDIAN = sys.byteorder == "little"
 _CODE_TYPES = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4")}
 
 
@@ -53,7 +57,8 @@ class UserHistory:
     """The last `limit` validated events of one user, oldest first, stored raw (not featurised) so a
     new feature spec / encoder can re-featurise them. See the module docstring for order and bounds."""
 
-    __slots__ = ("_codes", "_ids", "_index", "_num", "_ts", "_values", "schema", "user_id")
+    __slots__ = ("_codes", "_id_lengths", "_ids", "_index", "_num", "_ts", "_uses", "_values", "_values_bytes",
+                 "schema", "user_id")
 
     def __init__(self, schema: EventSchema, user_id: str | None, ids: list[str], ts: np.ndarray,
                  numeric: np.ndarray, codes: np.ndarray, values: list[str]) -> None:
@@ -65,6 +70,11 @@ class UserHistory:
         self._codes = codes  # (n, len(schema.categorical)) int32 into _values, -1 = missing
         self._values = values  # distinct categorical values (may hold some no event uses any more)
         self._index: dict[str, int] | None = None  # value -> code, built on the first append
+        # Kept up to date by append once to_bytes has built them, so writing a history back after each
+        # event costs a few joins rather than re-deriving every section (the worker does it per event):
+        self._uses: list[int] | None = None  # per value, the cells whose code it is
+        self._id_lengths: array | None = None  # the ids' UTF-8 lengths
+        self._values_bytes: bytes | None = None  # the values' section of the bytes
 
     @classmethod
     def empty(cls, schema: EventSchema) -> UserHistory:
@@ -119,7 +129,7 @@ class UserHistory:
                              f"of user {self.user_id!r}")
         if len(event.numeric) != len(self.schema.numeric) or len(event.categorical) != len(self.schema.categorical):
             raise ValueError(f"event {event.event_id!r} does not match the history's schema {self.schema}")
-        if not np.isfinite(event.ts):
+        if not math.isfinite(event.ts):
             raise ValueError(f"event {event.event_id!r} has a non-finite ts {event.ts!r}")
         n = len(self._ids)
         position = n if n == 0 or event.ts >= self._ts[-1] else int(np.searchsorted(self._ts, event.ts, "right"))
@@ -128,17 +138,33 @@ class UserHistory:
             return NOT_KEPT
         # clamped in Python (NaN passes through both comparisons): a few values, cheaper than numpy calls
         numeric = np.array([[min(max(v, -_F32_MAX), _F32_MAX) for v in event.numeric]], dtype=np.float32)
-        codes = np.array([[self._code(value) for value in event.categorical]], dtype=np.int32)
+        row = [self._code(value) for value in event.categorical]
+        codes = np.array([row], dtype=np.int32)
         self._ids.insert(position, event.event_id)
+        if self._id_lengths is not None:
+            size = len(event.event_id.encode("utf-8"))
+            if size > 0xFFFF:
+                self._id_lengths = None  # to_bytes says why it cannot store it
+            else:
+                self._id_lengths.insert(position, size)
+        if self._uses is not None:
+            for code in row:
+                if code >= 0:
+                    self._uses[code] += 1
         self._ts = _insert(self._ts, position, np.array([event.ts]))
         self._num = _insert(self._num, position, numeric)
         self._codes = _insert(self._codes, position, codes)
         if drop:
             del self._ids[:drop]
+            if self._id_lengths is not None:
+                del self._id_lengths[:drop]
+            if self._uses is not None:
+                for code in self._codes[:drop].ravel().tolist():
+                    if code >= 0:
+                        self._uses[code] -= 1
             self._ts, self._num, self._codes = self._ts[drop:], self._num[drop:], self._codes[drop:]
             if len(self._values) > 2 * self._codes.size + 16:  # values of dropped events pile up: forget them
-                self._codes, self._values = _compacted(self._codes, self._values)
-                self._index = None
+                self._compact()
         self.user_id = event.user_id
         return position - drop
 
@@ -151,12 +177,25 @@ class UserHistory:
         if code is None:
             code = self._index[value] = len(self._values)
             self._values.append(value)
+            self._values_bytes = None
+            if self._uses is not None:
+                self._uses.append(0)
         return code
+
+    def _compact(self) -> None:
+        """Forget the values no event uses any more (renumbering the codes; new arrays, so copies
+        sharing the old ones are unaffected)."""
+        self._codes, self._values = _compacted(self._codes, self._values)
+        self._index = self._uses = self._values_bytes = None
 
     def copy(self) -> UserHistory:
         """A snapshot: later appends to either history do not change the other."""
-        return UserHistory(self.schema, self.user_id, list(self._ids), self._ts, self._num, self._codes,
+        copy = UserHistory(self.schema, self.user_id, list(self._ids), self._ts, self._num, self._codes,
                            list(self._values))
+        copy._values_bytes = self._values_bytes
+        copy._uses = None if self._uses is None else list(self._uses)
+        copy._id_lengths = None if self._id_lengths is None else array("H", self._id_lengths)
+        return copy
 
     def with_schema(self, schema: EventSchema) -> UserHistory:
         """The same events under another schema: columns matched by name; a column the history
@@ -177,19 +216,27 @@ class UserHistory:
     # -- bytes -------------------------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        codes, values = _compacted(self._codes, self._values)
-        width = 1 if len(values) <= 0xFF else 2 if len(values) <= 0xFFFF else 4
+        if self._uses is None:
+            self._uses = np.bincount(self._codes[self._codes >= 0], minlength=len(self._values)).tolist()
+        if 0 in self._uses:  # only values some event uses are stored: the bytes do not depend on the past
+            self._compact()
+            self._uses = np.bincount(self._codes[self._codes >= 0], minlength=len(self._values)).tolist()
+        if self._id_lengths is None:
+            self._id_lengths = array("H", _lengths(self._ids, "event id"))
+        if self._values_bytes is None:
+            self._values_bytes = struct.pack("<I", len(self._values)) + _strings(self._values, "categorical value")
+        width = 1 if len(self._values) <= 0xFF else 2 if len(self._values) <= 0xFFFF else 4
         body = b"".join([
             _header(self.schema),
             _strings([self.user_id or ""], "user id"),
             struct.pack("<H", len(self)),
-            _strings(self._ids, "event id"),
-            self._ts.astype("<f8").tobytes(),
-            self._num.astype("<f4").tobytes(),
-            struct.pack("<I", len(values)),
-            _strings(values, "categorical value"),
+            self._id_lengths.tobytes() if _LITTLE_ENDIAN else struct.pack(f"<{len(self)}H", *self._id_lengths),
+            "".join(self._ids).encode("utf-8"),
+            self._ts.astype("<f8", copy=False).tobytes(),
+            self._num.astype("<f4", copy=False).tobytes(),
+            self._values_bytes,
             struct.pack("<B", width),
-            codes.astype(_CODE_TYPES[width]).tobytes(),  # -1 wraps to all ones: missing
+            self._codes.astype(_CODE_TYPES[width]).tobytes(),  # -1 wraps to all ones: missing
         ])
         return body + struct.pack("<I", zlib.crc32(body))
 
@@ -223,17 +270,19 @@ def _insert(array: np.ndarray, position: int, rows: np.ndarray) -> np.ndarray:
     return np.concatenate((array[:position], rows, array[position:]))
 
 
-def _strings(items: Sequence[str], what: str) -> bytes:
-    """Each item's UTF-8 length (H), then the UTF-8 concatenated."""
+def _lengths(items: Sequence[str], what: str) -> list[int]:
+    """Each item's UTF-8 length; a ValueError if one does not fit the two bytes the format gives it."""
     text = "".join(items)
-    if text.isascii():  # one encode, lengths from the str objects: the common case
-        lengths, blob = list(map(len, items)), text.encode("ascii")
-    else:
-        encoded = [item.encode("utf-8") for item in items]
-        lengths, blob = list(map(len, encoded)), b"".join(encoded)
+    lengths = list(map(len, items)) if text.isascii() else [len(item.encode("utf-8")) for item in items]
     if lengths and max(lengths) > 0xFFFF:
         raise ValueError(f"a {what} of more than {0xFFFF} bytes cannot be stored in a user history")
-    return struct.pack(f"<{len(lengths)}H", *lengths) + blob
+    return lengths
+
+
+def _strings(items: Sequence[str], what: str) -> bytes:
+    """Each item's UTF-8 length (H), then the UTF-8 concatenated."""
+    lengths = _lengths(items, what)
+    return struct.pack(f"<{len(lengths)}H", *lengths) + "".join(items).encode("utf-8")
 
 
 @functools.lru_cache(maxsize=64)

@@ -8,7 +8,7 @@ without pandas on the hot path (``FeatureSpec.transform_arrays``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -19,8 +19,7 @@ from ecseq.history import UserHistory
 from ecseq.scoring import Lap
 
 
-@dataclass(frozen=True)
-class OnlineScore:
+class OnlineScore(NamedTuple):  # a tuple: one is made per event
     event_id: str
     user_id: str
     score: float
@@ -88,7 +87,7 @@ class OnlineScorer:
         if lap is not None:
             lap("featurise")
         batch = self.scorer.score_windows(windows, lap)
-        graph = self.scorer.graph
-        return [OnlineScore(history.event_id(position), history.user_id, float(batch.score[i]),
-                            float(batch.encoder_score[i]), int(batch.neighbours[i]), batch.explanation(i, graph))
-                for i, (history, position) in enumerate(zip(histories, positions))]
+        return [OnlineScore(history.event_id(position), history.user_id, score, encoder_score, neighbours, explanation)
+                for history, position, score, encoder_score, neighbours, explanation in zip(
+                    histories, positions, batch.score.tolist(), batch.encoder_score.tolist(),
+                    batch.neighbours.tolist(), batch.explanations(self.scorer.graph))]

@@ -31,13 +31,17 @@ class ScoreBatch:
     top_similarity: np.ndarray  # (B, k) float32
     top_contribution: np.ndarray  # (B, k) float32, share of the logit
 
-    def explanation(self, i: int, graph: CompressedGraph) -> list[dict]:
-        """The compressed nodes event i's score leaned on most, strongest first."""
+    def explanations(self, graph: CompressedGraph) -> list[list[dict]]:
+        """Per event, the compressed nodes its score leaned on most, strongest first (all events at
+        once: a few array-to-list conversions instead of numpy scalars per entry)."""
+        nodes = self.top_nodes
+        known = np.where(nodes >= 0, nodes, 0)
+        rows = zip(nodes.tolist(), self.top_similarity.tolist(), self.top_contribution.tolist(),
+                   graph.size[known].tolist(), graph.positive_rate[known].tolist())
         return [
-            {"node": int(node), "similarity": float(sim), "contribution": float(contrib),
-             "size": int(graph.size[node]), "positive_rate": float(graph.positive_rate[node])}
-            for node, sim, contrib in zip(self.top_nodes[i], self.top_similarity[i], self.top_contribution[i])
-            if node >= 0
+            [{"node": node, "similarity": sim, "contribution": contrib, "size": size, "positive_rate": rate}
+             for node, sim, contrib, size, rate in zip(*row) if node >= 0]
+            for row in rows
         ]
 
 

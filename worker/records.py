@@ -7,7 +7,7 @@ as they arrived, whatever was wrong with them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ecseq.online import OnlineScore
 
@@ -15,9 +15,8 @@ HEADER_PREFIX = "ecseq."
 TOO_LATE = "too_late"  # a dead-letter reason beyond decoding: older than every event of a full history
 
 
-@dataclass(frozen=True)
-class Source:
-    """Where an input record came from."""
+class Source(NamedTuple):
+    """Where an input record came from (a tuple: one is made per event)."""
 
     topic: str
     partition: int

@@ -6,11 +6,12 @@ cache keeps the decoded `UserHistory` of recently seen users (bounded, least rec
 and is emptied on every rebalance: Faust signals a revocation only once the in-flight batches
 are acknowledged, and another replica may own a user's partition in between.
 
-Writes do what a Faust table assignment does (local store, then a changelog record in the
-partition of the event's input partition, then the store's persisted offset once delivered),
-without its per-key futures and callbacks (~40 us a key, the largest cost of the state stage),
-and the persisted offset is written once per partition and batch instead of once per key.
-The batch is acknowledged only after its changelog records are delivered.
+Writes do what a Faust table assignment does (the local store, a changelog record in the
+partition of the event's input partition, the store's persisted offset once delivered), per
+partition and micro-batch instead of per key: one RocksDB write batch, one Kafka record batch
+(worker/batches.py), one persisted offset. Per key, Faust's path costs futures, callbacks and
+codecs (~40 us a key, once the largest cost of the state stage). The micro-batch is
+acknowledged only after its changelog records are delivered.
 """
 
 from __future__ import annotations
@@ -23,11 +24,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import faust
+from aiokafka import AIOKafkaProducer
+from faust.stores.rocksdb import Store as RocksDBStore
 from faust.streams import _current_event  # see _as_current
-from faust.types import TP, ProducerT
+from faust.types import TP
+from rocksdict import WriteBatch
 
 from ecseq.data.records import EventSchema
 from ecseq.history import UserHistory
+from worker.batches import PartitionBatches, SentBatch
 
 log = logging.getLogger("ecseq.worker")
 
@@ -46,11 +51,13 @@ class SequenceTable:
         app.on_partitions_assigned.connect(self._forget)
 
     def history(self, user: str, schema: EventSchema) -> UserHistory:
-        """The user's history (a private copy: append to it, then `write` it)."""
+        """The user's history: append to it, then `write` it. A cached one is returned itself, not a
+        copy (appending to it in place is what keeps its bytes cheap to rewrite, see UserHistory);
+        a batch that fails stops the worker, and the cache with it."""
         cached = self._cache.get(user)
         if cached is not None:
             self._cache.move_to_end(user)
-            return cached.copy() if cached.schema == schema else cached.with_schema(schema)
+            return cached if cached.schema == schema else cached.with_schema(schema)
         stored = self.table.get(user)
         if stored is None:
             return UserHistory.empty(schema)
@@ -60,32 +67,56 @@ class SequenceTable:
             log.error("unreadable sequence state for user %s (%s); starting it empty", user, exc)
             return UserHistory.empty(schema)
 
-    async def write(self, updates: list[tuple[str, UserHistory, faust.EventT]], producer: ProducerT) -> asyncio.Future:
+    async def write(self, updates: list[tuple[str, UserHistory, faust.EventT]], producer: AIOKafkaProducer) -> asyncio.Future:
         """Store each user's new history in the table (and changelog) partition of its event; the
         returned future is done once the changelog holds them all."""
-        store, changelog = self.table.data, self.table.changelog_topic.get_topic_name()
-        sent = []
-        for user, history, event in updates:
-            value = history.to_bytes()
-            with _as_current(event):  # the RocksDB store takes the partition from the current event
-                store[user] = value
-            sent.append(await producer.send(changelog, user.encode(), value, event.message.partition, None, None))
-            self._cache[user] = history
-            self._cache.move_to_end(user)
+        changelog = PartitionBatches(producer, self.table.changelog_topic.get_topic_name())
+        for partition, group in _by_partition(updates).items():
+            values = [(user.encode(), history.to_bytes()) for user, history, _ in group]
+            self._store(partition, group[0][2], values)
+            for key, value in values:
+                await changelog.append(key, value, partition)
+            for user, history, _ in group:
+                self._cache[user] = history
+                self._cache.move_to_end(user)
         while len(self._cache) > self.cache_users:
             self._cache.popitem(last=False)
-        return asyncio.ensure_future(self._persisted(sent))
+        return asyncio.ensure_future(self._persisted(await changelog.send()))
 
-    async def _persisted(self, sent: list[asyncio.Future]) -> None:
+    def _store(self, partition: int, event: faust.EventT, values: list[tuple[bytes, bytes]]) -> None:
+        """Write one partition's values to the local store (what a table assignment does per key)."""
+        store = self.table.data
+        if isinstance(store, RocksDBStore):
+            # one write batch per partition, as Faust's own changelog recovery writes (a put through
+            # the table's store costs key/value codecs, a lookup of the current event and a locked
+            # key index per key)
+            batch = WriteBatch(raw_mode=True)
+            for key, value in values:
+                batch.put(key, value)
+            store._db_for_partition(partition).write(batch)
+        else:
+            with _as_current(event):  # other stores take the partition from the current event
+                for key, value in values:
+                    store[key] = value
+
+    async def _persisted(self, sent: list[SentBatch]) -> None:
         """Record the changelog offsets the local store now holds (what recovery resumes from)."""
         latest: dict[TP, int] = {}
-        for metadata in await asyncio.gather(*sent):
-            latest[metadata.topic_partition] = max(metadata.offset, latest.get(metadata.topic_partition, -1))
+        for batch in sent:
+            tp, offset = await batch.last_offset()
+            latest[tp] = max(offset, latest.get(tp, -1))
         for tp, offset in latest.items():
             self.table.data.set_persisted_offset(tp, offset)
 
     async def _forget(self, *_: object, **__: object) -> None:
         self._cache.clear()
+
+
+def _by_partition(updates: list[tuple[str, UserHistory, faust.EventT]]) -> dict[int, list]:
+    groups: dict[int, list] = {}
+    for update in updates:
+        groups.setdefault(update[2].message.partition, []).append(update)
+    return groups
 
 
 @contextmanager

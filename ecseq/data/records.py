@@ -103,26 +103,30 @@ def decode_event(raw: bytes | bytearray | memoryview | None, schema: EventSchema
 
 def event_from_object(value: dict, schema: EventSchema) -> Event | str:
     """`decode_event` for an already-parsed JSON object."""
-    if any(name not in value for name in (EVENT_ID, USER, TS, *schema.numeric, *schema.categorical)):
+    try:
+        ids, ts = (value[EVENT_ID], value[USER]), value[TS]
+        numeric = [value[name] for name in schema.numeric]
+        categorical = [value[name] for name in schema.categorical]
+    except KeyError:
         return MISSING_FIELD
-    if any(_blank(value[name]) for name in (EVENT_ID, USER, TS)):
+    if _blank(ids[0]) or _blank(ids[1]) or _blank(ts):
         return MISSING_FIELD
-    ids = (value[EVENT_ID], value[USER])
-    if any(isinstance(v, (list, dict)) for v in (*ids, *(value[name] for name in schema.categorical))):
+    if any(isinstance(v, (list, dict)) for v in (*ids, *categorical)):
         return BAD_TYPE
-    numeric = []
-    for name in schema.numeric:
-        number = _number(value[name])
+    for i, raw in enumerate(numeric):
+        if type(raw) is float and math.isfinite(raw):  # the common case, without _number's checks
+            continue
+        number = _number(raw)
         if isinstance(number, str):
             return number
-        numeric.append(number)
+        numeric[i] = number
     if any(isinstance(v, float) and not math.isfinite(v) for v in ids):
         return NON_FINITE
-    ts = _timestamp(value[TS])
+    ts = _timestamp(ts)
     if ts is None:
         return BAD_TIMESTAMP
-    categorical = tuple(None if _missing(value[name]) else as_text(value[name]) for name in schema.categorical)
-    return Event(as_text(ids[0]), as_text(ids[1]), ts, tuple(numeric), categorical)
+    return Event(as_text(ids[0]), as_text(ids[1]), ts, tuple(numeric),
+                 tuple(v if type(v) is str else None if _missing(v) else as_text(v) for v in categorical))
 
 
 def as_text(value: str | bool | float) -> str:

@@ -140,6 +140,26 @@ def test_values_no_event_uses_are_not_stored():
     assert len(history.columns(0, 3)[2]) <= 2 * 3 * 2 + 16  # and memory does not grow either
 
 
+def test_bytes_kept_up_to_date_across_appends_equal_bytes_built_afresh():
+    # to_bytes keeps per-value use counts, id lengths and the values' bytes, and append updates them:
+    # after any mix of late events, drops, new and missing values, unicode ids and copies, the bytes
+    # must equal those computed from scratch
+    rng = np.random.default_rng(7)
+    history, limit = UserHistory.empty(SCHEMA), 6
+    for i in range(300):
+        event = Event(f"é{i}" if i % 7 == 0 else f"e{i}", "u1", float(i) - float(rng.integers(0, 4)),
+                      (float(i), 1.0), (None if i % 5 == 0 else f"c{rng.integers(0, 9)}", f"m{rng.integers(0, 3)}"))
+        if history.append(event, limit) == NOT_KEPT:
+            continue
+        if i % 3 == 0:
+            history = history.copy()
+        if i % 2 == 0:
+            # the same events and values, through another schema and back: a twin with nothing kept
+            twin = history.with_schema(EventSchema((*SCHEMA.numeric, "extra"), SCHEMA.categorical)).with_schema(SCHEMA)
+            assert history.to_bytes() == twin.to_bytes(), i
+            _same(UserHistory.from_bytes(history.to_bytes(), SCHEMA), history)
+
+
 def test_many_distinct_values_widen_the_codes():
     history = UserHistory.empty(SCHEMA)
     for i in range(300):

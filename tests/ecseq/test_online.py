@@ -112,7 +112,7 @@ def test_online_scores_equal_offline_scores(table, artifact, offline, limit):
         assert got.score == pytest.approx(float(batch.score[i]), abs=1e-5)
         assert got.encoder_score == pytest.approx(float(batch.encoder_score[i]), abs=1e-5)
         assert got.neighbours == int(batch.neighbours[i])
-        expected = batch.explanation(i, graph)
+        expected = batch.explanations(graph)[i]
         assert [e["node"] for e in got.explanation] == [e["node"] for e in expected]
         for mine, theirs in zip(got.explanation, expected):
             assert mine["similarity"] == pytest.approx(theirs["similarity"], abs=1e-5)

@@ -100,7 +100,7 @@ def _assert_batch_equals_single(scorer: Scorer, windows: torch.Tensor) -> None:
         np.testing.assert_array_equal(single.top_nodes[0], batch.top_nodes[i])
         np.testing.assert_allclose(single.top_similarity[0], batch.top_similarity[i], atol=1e-6)
         np.testing.assert_allclose(single.top_contribution[0], batch.top_contribution[i], atol=1e-6)
-        one, many = single.explanation(0, scorer.graph), batch.explanation(i, scorer.graph)
+        one, many = single.explanations(scorer.graph)[0], batch.explanations(scorer.graph)[i]
         assert [e["node"] for e in one] == [e["node"] for e in many]
         for a, b in zip(one, many):
             assert a["contribution"] == pytest.approx(b["contribution"], abs=1e-6)
@@ -142,7 +142,7 @@ def test_explanations_are_the_strongest_real_neighbours(layer, fused):
         assert len(set(nbrs.index[i, mine].tolist())) == degree[i]  # no node twice
         by_node = dict(zip(nbrs.index[i, mine].tolist(),
                            zip(nbrs.similarity[i, mine].tolist(), contrib[i, mine].tolist())))
-        explanation = batch.explanation(i, graph)
+        explanation = batch.explanations(graph)[i]
         assert len(explanation) == min(degree[i], EXPLAIN)
         strongest = sorted(by_node, key=lambda n: -abs(by_node[n][1]))[:EXPLAIN]
         assert [e["node"] for e in explanation] == strongest
@@ -164,11 +164,11 @@ def test_zero_neighbour_event_gets_empty_explanation():
     emb = _embeddings()
     batch = scorer.score_embeddings(emb)
     assert batch.neighbours[2] == 0
-    assert batch.explanation(2, scorer.graph) == []
+    assert batch.explanations(scorer.graph)[2] == []
     assert np.all(batch.top_nodes[2] == -1)
     assert 0 <= batch.score[2] <= 1
     alone = scorer.score_embeddings(emb[2:3])
-    assert alone.neighbours.tolist() == [0] and alone.explanation(0, scorer.graph) == []
+    assert alone.neighbours.tolist() == [0] and alone.explanations(scorer.graph)[0] == []
     assert alone.score[0] == pytest.approx(batch.score[2], abs=1e-6)
     nothing = scorer.score_embeddings(-emb.abs() - 0.1)  # a batch with no edges at all
     assert nothing.neighbours.tolist() == [0] * 6 and np.all(nothing.top_nodes == -1)
@@ -178,10 +178,10 @@ def test_explain_k_zero_and_large():
     model = RelationModel(_graph(), _gnn(), Attachment(0.0))
     emb = _embeddings()
     none = Scorer(_encoder(), model, explain_k=0).score_embeddings(emb)
-    assert none.top_nodes.shape == (6, 0) and none.explanation(0, model.graph) == []
+    assert none.top_nodes.shape == (6, 0) and none.explanations(model.graph)[0] == []
     wide = Scorer(_encoder(), model, explain_k=K + 2).score_embeddings(emb)
     for i in range(6):
-        assert len(wide.explanation(i, model.graph)) == wide.neighbours[i]
+        assert len(wide.explanations(model.graph)[i]) == wide.neighbours[i]
     np.testing.assert_allclose(none.score, wide.score)
 
 
@@ -201,7 +201,7 @@ def test_full_graph_scorer():
     np.testing.assert_array_equal(got.neighbours, want.neighbours)
     np.testing.assert_array_equal(got.top_nodes, want.top_nodes)
     assert got.neighbours[2] == 0 and got.neighbours.max() == 4
-    for entry in got.explanation(0, graph):
+    for entry in got.explanations(graph)[0]:
         assert entry["size"] == 1 and entry["positive_rate"] in (0.0, 1.0)
     # epsilon-only full graph: at most max_neighbours edges per event
     capped = Scorer(_encoder(), RelationModel(graph, gnn, Attachment(0.0), dense=False, max_neighbours=5))
@@ -219,7 +219,7 @@ def _assert_same_batch(fused: ScoreBatch, generic: ScoreBatch, graph: Compressed
     np.testing.assert_allclose(fused.top_similarity[:, :width], generic.top_similarity[:, :width], atol=1e-5)
     np.testing.assert_allclose(fused.top_contribution[:, :width], generic.top_contribution[:, :width], atol=1e-5)
     for i in range(len(fused.score)):
-        a, b = fused.explanation(i, graph), generic.explanation(i, graph)
+        a, b = fused.explanations(graph)[i], generic.explanations(graph)[i]
         assert len(a) == min(explain_k, int(generic.neighbours[i]))
         assert [e["node"] for e in a] == [e["node"] for e in b]
         for x, y in zip(a, b):
