@@ -22,6 +22,7 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -60,9 +61,8 @@ class EventSchema:
         return self.numeric + self.categorical
 
 
-@dataclass(frozen=True)
-class Event:
-    """A validated event, normalised (see the module docstring)."""
+class Event(NamedTuple):
+    """A validated event, normalised (see the module docstring); a tuple: one is made per event."""
 
     event_id: str
     user_id: str
