@@ -49,7 +49,6 @@ FORMAT_VERSION = 1
 NOT_KEPT = -1  # append's answer for an event older than every event of a full history
 MAX_LIMIT = 0xFFFF  # events a history can hold (the count is stored in two bytes)
 _F32_MAX = float(np.finfo(np.float32).max)
-_LITTLE_ENDIAN = sys.byteorder == "little"
 _CODE_TYPES = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4")}
 
 
@@ -186,7 +185,8 @@ class UserHistory:
         """Forget the values no event uses any more (renumbering the codes; new arrays, so copies
         sharing the old ones are unaffected)."""
         self._codes, self._values = _compacted(self._codes, self._values)
-        self._index = self._uses = self._values_bytes = None
+        self._uses = _uses(self._codes, len(self._values))
+        self._index = self._values_bytes = None
 
     def copy(self) -> UserHistory:
         """A snapshot: later appends to either history do not change the other."""
@@ -217,10 +217,9 @@ class UserHistory:
 
     def to_bytes(self) -> bytes:
         if self._uses is None:
-            self._uses = np.bincount(self._codes[self._codes >= 0], minlength=len(self._values)).tolist()
+            self._uses = _uses(self._codes, len(self._values))
         if 0 in self._uses:  # only values some event uses are stored: the bytes do not depend on the past
             self._compact()
-            self._uses = np.bincount(self._codes[self._codes >= 0], minlength=len(self._values)).tolist()
         if self._id_lengths is None:
             self._id_lengths = array("H", _lengths(self._ids, "event id"))
         if self._values_bytes is None:
@@ -230,7 +229,7 @@ class UserHistory:
             _header(self.schema),
             _strings([self.user_id or ""], "user id"),
             struct.pack("<H", len(self)),
-            self._id_lengths.tobytes() if _LITTLE_ENDIAN else struct.pack(f"<{len(self)}H", *self._id_lengths),
+            _little_endian(self._id_lengths),
             "".join(self._ids).encode("utf-8"),
             self._ts.astype("<f8", copy=False).tobytes(),
             self._num.astype("<f4", copy=False).tobytes(),
@@ -262,6 +261,19 @@ def _compacted(codes: np.ndarray, values: list[str]) -> tuple[np.ndarray, list[s
     renumber = np.full(len(values) + 1, -1, dtype=np.int32)
     renumber[keep] = np.arange(len(keep))
     return renumber[codes], [values[i] for i in keep]
+
+
+def _uses(codes: np.ndarray, n_values: int) -> list[int]:
+    """Per value, the cells whose code it is."""
+    return np.bincount(codes[codes >= 0], minlength=n_values).tolist()
+
+
+def _little_endian(values: array) -> bytes:
+    if sys.byteorder == "little":
+        return values.tobytes()
+    swapped = array(values.typecode, values)
+    swapped.byteswap()
+    return swapped.tobytes()
 
 
 def _insert(array: np.ndarray, position: int, rows: np.ndarray) -> np.ndarray:

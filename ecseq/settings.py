@@ -49,7 +49,7 @@ class Settings:
     partitions: int = 4  # partitions of the topics the worker creates (its parallelism limit)
     batch_size: int = 200  # events scored in one call
     batch_within: str = "10ms"  # ... or fewer, if this much time passed since the first
-    fetch_wait: str = "10ms"  # the longest the broker may hold a fetch with no new records
+    fetch_wait: str = "5ms"  # the longest the broker may hold a fetch with no new records
     state_store: str = "rocksdb://"  # per-user sequence table: rocksdb:// (durable) or memory://
     state_cache_users: int = 100_000  # decoded user sequences kept in memory in front of the table
     data_dir: str = "./worker-data"  # local state (RocksDB) of this replica

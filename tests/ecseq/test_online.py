@@ -104,7 +104,7 @@ def test_online_scores_equal_offline_scores(table, artifact, offline, limit):
     scores, _ = _replay(table, scorer, (1, 7, 64), limit)
     ids = table.frame["event_id"].tolist()
     assert set(scores) == set(ids)
-    graph = artifact.scorer.graph
+    explanations = batch.explanations(artifact.scorer.graph)
     differing = 0
     for i, event_id in enumerate(ids):
         got = scores[event_id]
@@ -112,7 +112,7 @@ def test_online_scores_equal_offline_scores(table, artifact, offline, limit):
         assert got.score == pytest.approx(float(batch.score[i]), abs=1e-5)
         assert got.encoder_score == pytest.approx(float(batch.encoder_score[i]), abs=1e-5)
         assert got.neighbours == int(batch.neighbours[i])
-        expected = batch.explanations(graph)[i]
+        expected = explanations[i]
         assert [e["node"] for e in got.explanation] == [e["node"] for e in expected]
         for mine, theirs in zip(got.explanation, expected):
             assert mine["similarity"] == pytest.approx(theirs["similarity"], abs=1e-5)

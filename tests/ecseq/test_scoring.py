@@ -137,12 +137,13 @@ def test_explanations_are_the_strongest_real_neighbours(layer, fused):
     np.testing.assert_array_equal(batch.neighbours, degree)
     assert degree.max() > EXPLAIN and 0 < degree[1] < EXPLAIN and degree[2] == 0
     assert torch.all(contrib[nbrs.weight == 0] == 0)  # empty slots contribute nothing
+    explanations = batch.explanations(graph)
     for i in range(len(emb)):
         mine = nbrs.weight[i] > 0
         assert len(set(nbrs.index[i, mine].tolist())) == degree[i]  # no node twice
         by_node = dict(zip(nbrs.index[i, mine].tolist(),
                            zip(nbrs.similarity[i, mine].tolist(), contrib[i, mine].tolist())))
-        explanation = batch.explanations(graph)[i]
+        explanation = explanations[i]
         assert len(explanation) == min(degree[i], EXPLAIN)
         strongest = sorted(by_node, key=lambda n: -abs(by_node[n][1]))[:EXPLAIN]
         assert [e["node"] for e in explanation] == strongest
@@ -180,8 +181,8 @@ def test_explain_k_zero_and_large():
     none = Scorer(_encoder(), model, explain_k=0).score_embeddings(emb)
     assert none.top_nodes.shape == (6, 0) and none.explanations(model.graph)[0] == []
     wide = Scorer(_encoder(), model, explain_k=K + 2).score_embeddings(emb)
-    for i in range(6):
-        assert len(wide.explanations(model.graph)[i]) == wide.neighbours[i]
+    for explanation, neighbours in zip(wide.explanations(model.graph), wide.neighbours):
+        assert len(explanation) == neighbours
     np.testing.assert_allclose(none.score, wide.score)
 
 
@@ -218,8 +219,7 @@ def _assert_same_batch(fused: ScoreBatch, generic: ScoreBatch, graph: Compressed
     np.testing.assert_array_equal(fused.top_nodes[:, :width], generic.top_nodes[:, :width])
     np.testing.assert_allclose(fused.top_similarity[:, :width], generic.top_similarity[:, :width], atol=1e-5)
     np.testing.assert_allclose(fused.top_contribution[:, :width], generic.top_contribution[:, :width], atol=1e-5)
-    for i in range(len(fused.score)):
-        a, b = fused.explanations(graph)[i], generic.explanations(graph)[i]
+    for i, (a, b) in enumerate(zip(fused.explanations(graph), generic.explanations(graph))):
         assert len(a) == min(explain_k, int(generic.neighbours[i]))
         assert [e["node"] for e in a] == [e["node"] for e in b]
         for x, y in zip(a, b):

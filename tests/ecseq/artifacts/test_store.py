@@ -52,8 +52,7 @@ def test_round_trip_scores_and_explains_like_the_bundle(store, bundle, golden):
     got = loaded.scorer.score_windows(fresh)
     _scores_match(got, want)
     assert not np.allclose(got.score, got.encoder_score, atol=1e-3)  # the GNN really contributes
-    for i in range(len(fresh)):
-        mine, theirs = got.explanations(loaded.bundle.relation.graph)[i], want.explanations(bundle.relation.graph)[i]
+    for mine, theirs in zip(got.explanations(loaded.bundle.relation.graph), want.explanations(bundle.relation.graph)):
         assert len(mine) == len(theirs) == 3
         for a, b in zip(mine, theirs):
             assert (a["node"], a["size"], a["positive_rate"]) == (b["node"], b["size"], b["positive_rate"])
