@@ -397,6 +397,8 @@ PROFILE_RULES: tuple[tuple[str | None, str, str], ...] = (
     (None, "faust/stores", CHANGELOG),
     (None, "rocksdict", CHANGELOG),
     ("score_record", "", "produce (records, JSON, hand-off)"),
+    ("PartitionBatches.append", "", "produce (records, JSON, hand-off)"),  # the scores' (the changelog's is
+    ("PartitionBatches.send", "", "produce (records, JSON, hand-off)"),    # under SequenceTable.write)
     ("Topic.send", "faust/topics.py", "produce (records, JSON, hand-off)"),
     ("Producer.send", "faust/transport", "produce (records, JSON, hand-off)"),
     ("maybe_start_producer", "", "produce (records, JSON, hand-off)"),
