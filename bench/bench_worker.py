@@ -72,7 +72,7 @@ FIELDS = ("event_id", "user_id", "ts", "amount", "hour", "hours_since_prev", "mc
 # a batch's deliveries confirmed in the background (at most 2 batches in flight), long-lived objects
 # frozen for the GC. `bare-faust-io` is the same forwarder with Faust's own idiom (Topic.send, 16 KiB
 # batches, deliveries awaited before the next batch), for reference.
-WORKER_IO_ARGS = ["--direct-send", "--max-batch-bytes", str(256 * 1024), "--pipeline", "2", "--gc-freeze"]
+WORKER_IO_ARGS = ["--direct-send", "--max-batch-bytes", str(256 * 1024), "--linger", "0", "--pipeline", "2", "--gc-freeze"]
 RATIO_TARGET = 0.6
 P99_TARGET_MS = 50.0
 # Tansu holds a fetch for its whole max wait even when records are there: keep the reader's short, so
