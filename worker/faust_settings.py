@@ -24,7 +24,7 @@ def faust_settings(settings: Settings) -> dict:
         "broker_rebalance_timeout": session,
         "broker_commit_interval": 1.0,
         "stream_buffer_maxsize": 4096,
-        "producer_linger": 0.0,
+        "producer_linger": 0.0,  # outputs go out as whole record batches (worker/batches.py): nothing to wait for
         "producer_acks": -1,
         "web_enabled": True,
         "web_bind": settings.web_host,
