@@ -58,7 +58,7 @@ class SequenceTable:
         if cached is not None:
             self._cache.move_to_end(user)
             return cached if cached.schema == schema else cached.with_schema(schema)
-        stored = self.table.get(user)
+        stored = self.table.get(user.encode())  # bytes keys, as written here and as recovery restores them
         if stored is None:
             return UserHistory.empty(schema)
         try:
