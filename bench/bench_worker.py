@@ -31,8 +31,8 @@ The apps:
                     batches, deliveries awaited before the next batch), for reference.
 The worker serves an artifact trained here first (``train-encoder --dataset synthetic
 --epochs 1``, ~20 s) unless ``--artifacts`` names a store. Its /metrics (per-stage
-histograms, batch sizes, outcomes) are scraped after each phase. ``--profile`` samples the
-workers with py-spy during the max phase and sorts the samples into stages (results then go
+histograms, batch sizes, outcomes) are scraped after each phase. ``--profile`` samples every
+app with py-spy during its first max run and sorts the samples into stages (results then go
 to worker-profile.json: sampling slows the app down).
 Targets (issue 4): worker >= 60% of bare's max throughput; event-to-score p99 <= 50 ms at
 half the worker's own max rate. Results: bench/results/worker.json.
@@ -68,9 +68,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 4
 FIELDS = ("event_id", "user_id", "ts", "amount", "hour", "hours_since_prev", "mcc", "device", "country", "channel")
 # The bare apps handle their outputs as the worker does (worker/app.py), so that `worker / bare` is
-# the cost of the worker's own work: sends straight to the producer with 256 KiB producer batches,
-# a batch's deliveries confirmed in the background (at most 2 batches in flight), long-lived objects
-# frozen for the GC. `bare-faust-io` is the same forwarder with Faust's own idiom (Topic.send, 16 KiB
+# the cost of the worker's own work: one record batch per partition on the aiokafka producer
+# (worker/batches.py; 256 KiB batches, no linger), a batch's deliveries confirmed in the background
+# (at most 2 batches in flight), long-lived objects frozen for the GC. `bare-faust-io` is the same forwarder with Faust's own idiom (Topic.send, 16 KiB
 # batches, deliveries awaited before the next batch), for reference.
 WORKER_IO_ARGS = ["--direct-send", "--max-batch-bytes", str(256 * 1024), "--linger", "0", "--pipeline", "2", "--gc-freeze"]
 RATIO_TARGET = 0.6

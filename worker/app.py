@@ -37,11 +37,12 @@ from worker.serving import SWAPPED, ArtifactFollower
 
 log = logging.getLogger("ecseq.worker")
 
-# aiokafka keeps one produce request in flight per broker, and a send into a full per-partition
-# batch waits until that batch is drained. With Faust's 16 KB default a micro-batch of ~670-byte
-# score records spans several batches per partition, so its sends queue behind several broker
-# round trips; one batch per partition per micro-batch needs room for it (the request limit,
-# producer_max_request_size, stays 1 MB).
+# The producer's batch size bounds each record batch the worker builds (worker/batches.py). aiokafka
+# keeps one produce request in flight per broker and hands over a partition's next batch only once
+# the previous one is drained, so a micro-batch split into several batches per partition (Faust's
+# 16 KB default holds ~24 score records or ~9 sequences) waits several broker round trips; one batch
+# per partition per micro-batch needs room for it (the request limit, producer_max_request_size,
+# stays 1 MB).
 PRODUCER_TUNING = {"producer_max_batch_size": 256 * 1024}
 MAX_UNCONFIRMED = 2  # scored micro-batches whose outputs may be in flight while the next one is scored
 # Events kept beyond the scoring window, so a redelivered event (replayed after a crash, up to a
@@ -164,7 +165,7 @@ class Worker:
         lap("decode")
 
         histories, positions, kept = [], [], []
-        latest: dict[str, tuple[UserHistory, faust.EventT]] = {}
+        latest: dict[str, tuple[UserHistory, int]] = {}  # user -> history, partition of its event
         for event, decoded, source in valid:
             if decoded.user_id in latest:  # the user's earlier events in this batch keep their windows
                 history = latest[decoded.user_id][0].copy()
@@ -177,14 +178,14 @@ class Worker:
                 continue
             if known:
                 metrics.duplicates.inc()
-            latest[decoded.user_id] = (history, event)
+            latest[decoded.user_id] = (history, event.message.partition)
             histories.append(history)
             positions.append(position)
             kept.append((decoded, source))
         # Straight to the aiokafka producer under Faust's, one record batch per partition (see
         # worker/batches.py): Topic.send's FutureMessage, callbacks and sensors cost ~40 us a record
         producer = (await self.app.maybe_start_producer())._ensure_producer()
-        updates = [(user, history, event) for user, (history, event) in latest.items()]
+        updates = [(user, history, partition) for user, (history, partition) in latest.items()]
         pending.append(await self.sequences.write(updates, producer))
         lap("state")
 

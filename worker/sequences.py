@@ -18,15 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import faust
 from aiokafka import AIOKafkaProducer
 from faust.stores.rocksdb import Store as RocksDBStore
-from faust.streams import _current_event  # see _as_current
 from faust.types import TP
 from rocksdict import WriteBatch
 
@@ -67,13 +63,13 @@ class SequenceTable:
             log.error("unreadable sequence state for user %s (%s); starting it empty", user, exc)
             return UserHistory.empty(schema)
 
-    async def write(self, updates: list[tuple[str, UserHistory, faust.EventT]], producer: AIOKafkaProducer) -> asyncio.Future:
-        """Store each user's new history in the table (and changelog) partition of its event; the
-        returned future is done once the changelog holds them all."""
+    async def write(self, updates: list[tuple[str, UserHistory, int]], producer: AIOKafkaProducer) -> asyncio.Future:
+        """Store each (user, history, partition of its event) in that table (and changelog) partition;
+        the returned future is done once the changelog holds them all."""
         changelog = PartitionBatches(producer, self.table.changelog_topic.get_topic_name())
         for partition, group in _by_partition(updates).items():
             values = [(user.encode(), history.to_bytes()) for user, history, _ in group]
-            self._store(partition, group[0][2], values)
+            self._store(partition, values)
             for key, value in values:
                 await changelog.append(key, value, partition)
             for user, history, _ in group:
@@ -83,7 +79,7 @@ class SequenceTable:
             self._cache.popitem(last=False)
         return asyncio.ensure_future(self._persisted(await changelog.send()))
 
-    def _store(self, partition: int, event: faust.EventT, values: list[tuple[bytes, bytes]]) -> None:
+    def _store(self, partition: int, values: list[tuple[bytes, bytes]]) -> None:
         """Write one partition's values to the local store (what a table assignment does per key)."""
         store = self.table.data
         if isinstance(store, RocksDBStore):
@@ -94,10 +90,9 @@ class SequenceTable:
             for key, value in values:
                 batch.put(key, value)
             store._db_for_partition(partition).write(batch)
-        else:
-            with _as_current(event):  # other stores take the partition from the current event
-                for key, value in values:
-                    store[key] = value
+        else:  # the memory store is one dict for every partition
+            for key, value in values:
+                store[key] = value
 
     async def _persisted(self, sent: list[SentBatch]) -> None:
         """Record the changelog offsets the local store now holds (what recovery resumes from)."""
@@ -112,22 +107,9 @@ class SequenceTable:
         self._cache.clear()
 
 
-def _by_partition(updates: list[tuple[str, UserHistory, faust.EventT]]) -> dict[int, list]:
+def _by_partition(updates: list[tuple[str, UserHistory, int]]) -> dict[int, list]:
     groups: dict[int, list] = {}
     for update in updates:
-        groups.setdefault(update[2].message.partition, []).append(update)
+        groups.setdefault(update[2], []).append(update)
     return groups
 
-
-@contextmanager
-def _as_current(event: faust.EventT) -> Iterator[None]:
-    """Make `event` Faust's current event while writing its user's table entry.
-
-    Faust picks a table write's changelog partition (and RocksDB partition) from the current
-    event; in a micro-batch that is the batch's last event, whatever partition the user is on.
-    """
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)

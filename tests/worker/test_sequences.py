@@ -14,16 +14,6 @@ from worker.sequences import SequenceTable
 SCHEMA = EventSchema(("amount",), ("channel",))
 
 
-class _Message:
-    def __init__(self, partition: int) -> None:
-        self.partition = partition
-
-
-class _Event:
-    def __init__(self, partition: int) -> None:
-        self.message = _Message(partition)
-
-
 def _history(user: str, n: int) -> UserHistory:
     history = UserHistory.empty(SCHEMA)
     for i in range(n):
@@ -37,7 +27,7 @@ def test_a_written_or_recovered_history_is_found_once_the_cache_is_gone(store, t
     app = faust.App(f"t-seq-{store[:3]}", store=store, datadir=str(tmp_path), broker="kafka://127.0.0.1:1")
     table = SequenceTable(app, partitions=4, cache_users=10)
     written = _history("u1", 3)
-    table._store(2, _Event(2), [(b"u1", written.to_bytes())])
+    table._store(2, [(b"u1", written.to_bytes())])
     restored = _history("u2", 2)  # what changelog recovery puts in the store: the record's raw key
     table.table.data.apply_changelog_batch([_Changelog(3, b"u2", restored.to_bytes())], lambda k: k, lambda v: v)
     table._cache.clear()  # as after a rebalance
