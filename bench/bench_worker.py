@@ -95,9 +95,10 @@ class AppSpec:
 
 
 def batching_args(settings: Settings) -> list[str]:
-    """The bare apps batch and fetch as the worker does: its batch size, window and fetch wait."""
+    """The bare apps batch and fetch as the worker does: its batch size, window, joined takes while
+    behind, and fetch wait."""
     return ["--batch", str(settings.batch_size), "--within", str(parse_duration(settings.batch_within)),
-            "--fetch-wait-ms", str(fetch_wait_ms(settings))]
+            "--join-backlog", "--fetch-wait-ms", str(fetch_wait_ms(settings))]
 
 
 def bare_app(name: str, run: str, bootstrap: str, table: bool, extra: list[str], tmp: Path) -> AppSpec:

@@ -48,6 +48,7 @@ from worker.faust_compat import (
     shorten_fetch_wait,
     true_highwaters,
 )
+from worker.micro_batches import micro_batches
 
 
 def tansu_settings(args: argparse.Namespace) -> dict:
@@ -121,8 +122,10 @@ def build_app(args: argparse.Namespace) -> faust.App:
     @app.agent(source, concurrency=1)
     async def forward(stream: faust.StreamT) -> None:
         unconfirmed: deque[asyncio.Task] = deque()
-        async for batch in stream.take_events(args.batch, within=args.within):
-            if args.hold_acks:
+        batches = (micro_batches(stream, args.batch, args.within) if args.join_backlog
+                   else stream.take_events(args.batch, within=args.within))
+        async for batch in batches:
+            if args.hold_acks and not args.join_backlog:  # micro_batches holds the reference itself
                 # take_events() acks the whole batch in a ``finally`` when the agent asks for
                 # the next one -- or when the generator is closed after the agent raised.
                 # An extra reference per message keeps a batch that failed from being acked
@@ -163,7 +166,7 @@ def build_app(args: argparse.Namespace) -> faust.App:
             else:
                 if pending:
                     await asyncio.gather(*pending)  # outputs durable before the batch is acked
-                if args.hold_acks:
+                if args.hold_acks or args.join_backlog:
                     for event in batch:
                         event.message.decref()
             stats["events"] += len(batch)
@@ -207,6 +210,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--datadir", default=None)
     parser.add_argument("--batch", type=int, default=500, help="take_events() max batch size")
     parser.add_argument("--within", type=float, default=0.02, help="take_events() timeout, s")
+    parser.add_argument("--join-backlog", action="store_true",
+                        help="take batches as the worker does: worker/micro_batches.py joins takes while behind")
     parser.add_argument("--linger", type=float, default=0.005, help="producer linger, s")
     parser.add_argument("--max-batch-bytes", type=int, default=16384,
                         help="producer_max_batch_size (Faust's default 16384; the worker uses 256 KiB)")

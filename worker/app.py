@@ -31,6 +31,7 @@ from worker import faust_compat, views
 from worker.batches import PartitionBatches
 from worker.faust_settings import faust_settings, fetch_wait_ms
 from worker.metrics import WorkerMetrics
+from worker.micro_batches import micro_batches
 from worker.records import TOO_LATE, Source, dead_letter_headers, score_record
 from worker.sequences import SequenceTable
 from worker.serving import SWAPPED, ArtifactFollower
@@ -112,12 +113,9 @@ class Worker:
     async def _score_stream(self, stream) -> None:
         await self.served.wait()  # nothing is consumed before an artifact can score it
         unconfirmed: deque[asyncio.Task] = deque()
-        async for events in stream.take_events(self.settings.batch_size, within=self._batch_within):
-            # take_events acks a batch even if processing it raised; an extra reference per message
-            # keeps a batch unacknowledged until _confirm has seen all its outputs delivered (a failed
-            # batch is redelivered after the restart the crash causes)
-            for event in events:
-                event.message.incref()
+        # each event holds an extra reference until _confirm has seen all the batch's outputs delivered
+        # (a failed batch stays unacknowledged and is redelivered after the restart the crash causes)
+        async for events in micro_batches(stream, self.settings.batch_size, self._batch_within):
             pending, kept = await self._score_batch(events)
             # the next batch is scored while this one's outputs are in flight (one produce request at
             # a time per broker: waiting here left the loop idle for a broker round trip per batch)

@@ -1,0 +1,66 @@
+"""Micro-batches that stay small while the worker keeps up and fill up while it is behind.
+
+Faust's ``take_events(size, within)`` cuts a batch after `within` (counted from when the agent asks
+for it) or at `size` events. A short `within` bounds latency at normal load, but at full load it
+also caps the batch: the buffer fills only while the agent waits, so a 10 ms window took ~75-100
+events, and per-batch costs (model calls, record batches, state writes, timers) dominated.
+
+So takes are joined while at least the rest of a full batch is already waiting in Kafka (by
+the high watermarks of the latest fetches): catching up after a restart or a burst, or at full
+load. A batch never exceeds `size`, and an event waits at most `JOIN_LIMIT` windows for its
+batch. Measured with bench_worker (RocksDB, same machine): ~4,000 -> ~5,400 events/s, with the
+event-to-score latency at half the rate still within 50 ms.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import faust
+
+JOIN_LIMIT = 10  # windows a batch may be held open while behind
+
+
+async def micro_batches(stream: faust.StreamT, size: int, within: float) -> AsyncIterator[list[faust.EventT]]:
+    """`stream.take_events(size, within)`, with takes joined while behind (see the module docstring).
+
+    Every event carries one extra reference (``event.message.incref()``): take_events acks a take
+    when the next one is asked for, which would let offsets be committed before a joined batch
+    is scored. The caller drops the reference with ``event.ack()`` once the batch's outputs
+    are delivered (the last reference commits the offset).
+    """
+    consumer = stream.app.consumer
+    taken: list[faust.EventT] = []
+    opened = 0.0
+    async for events in stream.take_events(size, within=within):
+        for event in events:
+            event.message.incref()
+        if not taken:
+            opened = time.monotonic()
+        taken.extend(events)
+        while len(taken) >= size:
+            batch, taken = taken[:size], taken[size:]
+            opened = time.monotonic()
+            yield batch
+        if taken and (_waiting(consumer, events) < size - len(taken)
+                      or time.monotonic() - opened >= JOIN_LIMIT * within):
+            batch, taken = taken, []
+            yield batch
+    if taken:  # the stream is stopping: what was taken is scored too
+        yield taken
+
+
+def _waiting(consumer: faust.types.ConsumerT, events: list[faust.EventT]) -> int:
+    """Events already in Kafka after the last of `events`, on their partitions (the high watermark
+    of each partition's latest fetch)."""
+    last: dict = {}
+    for event in events:
+        message = event.message
+        last[message.tp] = message.offset
+    waiting = 0
+    for tp, offset in last.items():
+        highwater = consumer.highwater(tp)
+        if highwater is not None:
+            waiting += max(highwater - offset - 1, 0)
+    return waiting
