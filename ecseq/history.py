@@ -48,6 +48,7 @@ from ecseq.data.records import Event, EventSchema
 FORMAT_VERSION = 1
 NOT_KEPT = -1  # append's answer for an event older than every event of a full history
 MAX_LIMIT = 0xFFFF  # events a history can hold (the count is stored in two bytes)
+SPARE_ROWS = 16  # rows a history's column buffers grow by (see UserHistory._append_row)
 _F32_MAX = float(np.finfo(np.float32).max)
 _CODE_TYPES = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4")}
 
@@ -56,8 +57,8 @@ class UserHistory:
     """The last `limit` validated events of one user, oldest first, stored raw (not featurised) so a
     new feature spec / encoder can re-featurise them. See the module docstring for order and bounds."""
 
-    __slots__ = ("_codes", "_id_lengths", "_ids", "_index", "_num", "_ts", "_uses", "_values", "_values_bytes",
-                 "schema", "user_id")
+    __slots__ = ("_buffers", "_codes", "_id_lengths", "_ids", "_index", "_num", "_start", "_ts", "_uses", "_values",
+                 "_values_bytes", "schema", "user_id")
 
     def __init__(self, schema: EventSchema, user_id: str | None, ids: list[str], ts: np.ndarray,
                  numeric: np.ndarray, codes: np.ndarray, values: list[str]) -> None:
@@ -74,6 +75,11 @@ class UserHistory:
         self._uses: list[int] | None = None  # per value, the cells whose code it is
         self._id_lengths: array | None = None  # the ids' UTF-8 lengths
         self._values_bytes: bytes | None = None  # the values' section of the bytes
+        # Owned by this history alone (a copy shares its columns, not its buffers): the columns are
+        # views of these from row _start, so an event appended after the last is one row written
+        # (append would otherwise build three new arrays per event)
+        self._buffers: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._start = 0
 
     @classmethod
     def empty(cls, schema: EventSchema) -> UserHistory:
@@ -136,9 +142,8 @@ class UserHistory:
         if position < drop:
             return NOT_KEPT
         # clamped in Python (NaN passes through both comparisons): a few values, cheaper than numpy calls
-        numeric = np.array([[min(max(v, -_F32_MAX), _F32_MAX) for v in event.numeric]], dtype=np.float32)
+        numeric = [min(max(v, -_F32_MAX), _F32_MAX) for v in event.numeric]
         row = [self._code(value) for value in event.categorical]
-        codes = np.array([row], dtype=np.int32)
         self._ids.insert(position, event.event_id)
         if self._id_lengths is not None:
             size = len(event.event_id.encode("utf-8"))
@@ -150,9 +155,13 @@ class UserHistory:
             for code in row:
                 if code >= 0:
                     self._uses[code] += 1
-        self._ts = _insert(self._ts, position, np.array([event.ts]))
-        self._num = _insert(self._num, position, numeric)
-        self._codes = _insert(self._codes, position, codes)
+        if position == n:
+            self._append_row(event.ts, numeric, row)
+        else:
+            self._ts = _insert(self._ts, position, np.array([event.ts]))
+            self._num = _insert(self._num, position, np.array([numeric], dtype=np.float32))
+            self._codes = _insert(self._codes, position, np.array([row], dtype=np.int32))
+            self._buffers = None
         if drop:
             del self._ids[:drop]
             if self._id_lengths is not None:
@@ -162,10 +171,29 @@ class UserHistory:
                     if code >= 0:
                         self._uses[code] -= 1
             self._ts, self._num, self._codes = self._ts[drop:], self._num[drop:], self._codes[drop:]
+            self._start += drop
             if len(self._values) > 2 * self._codes.size + 16:  # values of dropped events pile up: forget them
                 self._compact()
         self.user_id = event.user_id
         return position - drop
+
+    def _append_row(self, ts: float, numeric: list[float], codes: list[int]) -> None:
+        """Write an event after the last one: into the spare rows of this history's own buffers (the
+        columns are views of them), reallocated with SPARE_ROWS more rows when full. Rows are only
+        ever written past the views' end, so views handed out earlier, and copies sharing them,
+        never see a change."""
+        n = len(self._ts)
+        if self._buffers is None or self._start + n == len(self._buffers[0]):
+            self._buffers = tuple(np.concatenate((column, np.empty((SPARE_ROWS, *column.shape[1:]), column.dtype)))
+                                  for column in (self._ts, self._num, self._codes))
+            self._start = 0
+        ts_buffer, num_buffer, codes_buffer = self._buffers
+        end = self._start + n
+        ts_buffer[end] = ts
+        num_buffer[end] = numeric
+        codes_buffer[end] = codes
+        self._ts, self._num, self._codes = (ts_buffer[self._start:end + 1], num_buffer[self._start:end + 1],
+                                            codes_buffer[self._start:end + 1])
 
     def _code(self, value: str | None) -> int:
         if value is None:
@@ -185,6 +213,7 @@ class UserHistory:
         """Forget the values no event uses any more (renumbering the codes; new arrays, so copies
         sharing the old ones are unaffected)."""
         self._codes, self._values = _compacted(self._codes, self._values)
+        self._buffers = None  # the codes are a new array now
         self._uses = _uses(self._codes, len(self._values))
         self._index = self._values_bytes = None
 

@@ -47,7 +47,7 @@ class OnlineScorer:
         for history, position in zip(histories, positions):
             if not 0 <= position < len(history):
                 raise ValueError(f"position {position} is outside a history of {len(history)} events")
-            if history.schema != self.schema:
+            if history.schema is not self.schema and history.schema != self.schema:
                 history = history.with_schema(self.schema)
             num, code, distinct = history.columns(max(0, position + 1 - self.window), position + 1)
             numeric.append(num)
@@ -59,11 +59,15 @@ class OnlineScorer:
         if not lengths:
             return out
         # Every history's codes index its own values: shift them into one list of all values (+ None
-        # last, for missing), look each distinct value up once, then featurise all rows at once.
+        # last, for missing), then featurise all rows at once. Histories share most values, so each
+        # distinct one is looked up in the vocabularies once (one dict pass instead of one per column).
         lengths = np.asarray(lengths)
         codes = np.concatenate(codes).astype(np.int64)
         codes = np.where(codes >= 0, codes + np.repeat(offsets, lengths)[:, None], len(values))
-        slots = self.spec.category_slots([*values, None])
+        distinct = {value: i for i, value in enumerate(dict.fromkeys(values))}
+        distinct_slots = self.spec.category_slots([*distinct, None])
+        slots = distinct_slots[np.fromiter(map(distinct.__getitem__, values), dtype=np.int64, count=len(values))]
+        slots = np.concatenate((slots, distinct_slots[-1:]))
         rows = self.spec.transform_slots(np.concatenate(numeric), slots[codes, np.arange(codes.shape[1])])
         item = np.repeat(np.arange(len(lengths)), lengths)
         first = np.cumsum(lengths) - lengths  # each item's first row in `rows`

@@ -96,6 +96,23 @@ def test_copy_is_a_snapshot():
     assert snapshot.event(3).categorical[0] == "other" and history.event(2).categorical[0] == "new"
 
 
+def test_appends_in_place_never_change_copies_or_columns_handed_out_before():
+    history = _history(3, limit=5)
+    snapshot = history.copy()
+    numeric, codes, _ = history.columns(0, 3)
+    kept = numeric.copy(), codes.copy()
+    for i in range(3, 40):  # drops the oldest and outgrows the column buffers several times
+        history.append(_event(i, amount=float(i) * 1.25), 5)
+        if i == 4:
+            snapshot.append(_event(20, amount=-1.0), 5)  # the copy appends too, into buffers of its own
+            _same(history, _history(5, limit=5))
+    _same(history, _history(40, limit=5))
+    assert snapshot.event_ids == ("e0", "e1", "e2", "e20")
+    assert [e.numeric[0] for e in snapshot.events()] == [0.0, 1.25, 2.5, -1.0]
+    np.testing.assert_array_equal(numeric, kept[0])
+    np.testing.assert_array_equal(codes, kept[1])
+
+
 def test_numerics_are_float32_missing_is_nan_and_huge_values_are_clamped():
     history = UserHistory.empty(SCHEMA)
     history.append(Event("a", "u", 1.0, (0.1, math.nan), (None, "x")), 5)
