@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
 
+import orjson
 import pandas as pd
 
 from ecseq.data.cleaning import BAD_TIMESTAMP, BAD_TYPE, MISSING_FIELD, NON_FINITE
@@ -71,16 +72,32 @@ class Event(NamedTuple):
     categorical: tuple[str | None, ...]  # in schema order; None = missing
 
 
+# orjson parses ~4x faster than json, and equally wherever it succeeds, except for integers beyond
+# 64 bits, which it turns into floats (an id would change): an object with a float that large is
+# parsed again by json (nested values need not be checked: the readers use top-level fields only, and
+# refuse a list or object where they expect a value).
+_BEYOND_INT64 = 2.0 ** 63
+
+
 def json_object(raw: bytes | bytearray | memoryview | None, max_bytes: int | None = MAX_EVENT_BYTES) -> dict | str:
     """The JSON object in `raw`, or the reason it is not one (EMPTY, OVERSIZE, BAD_JSON, NOT_OBJECT)."""
     if raw is None or len(raw) == 0:
         return EMPTY
     if max_bytes is not None and len(raw) > max_bytes:
         return OVERSIZE
+    raw = bytes(raw)
     try:
-        value = json.loads(bytes(raw).decode("utf-8"))  # explicit: json.loads(bytes) would also take UTF-16/32
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return BAD_JSON
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        value = None  # json decides the reason (it also reads NaN and Infinity, which become NON_FINITE)
+    if type(value) is dict and not any(type(v) is float and not -_BEYOND_INT64 < v < _BEYOND_INT64
+                                       for v in value.values()):
+        return value
+    if value is None or isinstance(value, dict):
+        try:
+            value = json.loads(raw.decode("utf-8"))  # explicit: json.loads(bytes) would also take UTF-16/32
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            return BAD_JSON
     return value if isinstance(value, dict) else NOT_OBJECT
 
 

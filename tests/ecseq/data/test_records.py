@@ -134,7 +134,8 @@ def test_nulls_are_missing_values_not_errors():
 
 @pytest.mark.parametrize(("value", "text"), [
     (7, "7"), (7.0, "7"), (-3.0, "-3"), (7.5, "7.5"), ("007", "007"), ("u 1", "u 1"), (True, "True"),
-    (2 ** 70, str(2 ** 70)), (1e300, "1e+300"), ("ünï", "ünï"),
+    (2 ** 70, str(2 ** 70)), (-(2 ** 63) - 1, str(-(2 ** 63) - 1)), (2 ** 64 - 1, str(2 ** 64 - 1)),
+    (1e300, "1e+300"), ("ünï", "ünï"),
 ])
 def test_ids_and_categories_are_text_like_the_table_reader(value, text):
     event = decode_event(_with(event_id=value, user_id=value, mcc=value), SCHEMA)
