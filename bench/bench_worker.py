@@ -405,7 +405,8 @@ PROFILE_RULES: tuple[tuple[str | None, str, str], ...] = (
     ("maybe_start_producer", "", "produce (records, JSON, hand-off)"),
     ("Worker._dead_letter", "", "produce (records, JSON, hand-off)"),
     (None, "prometheus_client", "metrics"),
-    ("observe_latency", "", "metrics"),
+    ("observe_latencies", "", "metrics"),
+    ("observe_many", "", "metrics"),
     ("_Laps.__call__", "", "metrics"),
 )
 # Frames of the agent itself: time spent there (or in the framework below them, e.g. take_events)

@@ -20,6 +20,7 @@ import time
 from collections import deque
 
 import faust
+import numpy as np
 import orjson
 import torch
 
@@ -30,7 +31,7 @@ from ecseq.settings import Settings, parse_duration
 from worker import faust_compat, views
 from worker.batches import PartitionBatches
 from worker.faust_settings import faust_settings, fetch_wait_ms
-from worker.metrics import WorkerMetrics
+from worker.metrics import WorkerMetrics, observe_many
 from worker.micro_batches import micro_batches
 from worker.records import TOO_LATE, Source, dead_letter_headers, score_record
 from worker.sequences import SequenceTable
@@ -132,8 +133,7 @@ class Worker:
         await asyncio.gather(*pending)
         now = time.time()
         self.metrics.stage_seconds.labels("deliver").observe(time.perf_counter() - started)
-        for _, source in kept:
-            self.metrics.observe_latency(source.timestamp, now)
+        self.metrics.observe_latencies([source.timestamp for _, source in kept], now)
         sensors = self.app.sensors
         for event in events:
             if event.ack():  # the last reference (take_events may still hold one): the offset may commit
@@ -194,9 +194,9 @@ class Worker:
             record = score_record(score, scorer.version, decoded.ts, source, received, scored_at)
             key = score.user_id.encode()
             await out.append(key, orjson.dumps(record))
-            metrics.neighbours.observe(score.neighbours)
-            if score.neighbours == 0:
-                metrics.zero_neighbours.inc()
+        neighbours = np.fromiter((score.neighbours for score in scores), dtype=np.int64, count=len(scores))
+        observe_many(metrics.neighbours, neighbours)
+        metrics.zero_neighbours.inc(int(np.count_nonzero(neighbours == 0)))
         pending.extend(sent.delivered for sent in await out.send())
         lap("produce")  # handed to the producer; delivery is confirmed (and timed) by _confirm
         metrics.events.labels("scored").inc(len(kept))

@@ -7,7 +7,9 @@ milliseconds and are not used here).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from ecseq.data.records import REASONS
@@ -67,5 +69,23 @@ class WorkerMetrics:
         self.artifact.info({"version": version})
         self.artifact_created.set(created_at)
 
-    def observe_latency(self, record_timestamp_s: float, now: float | None = None) -> None:
-        self.event_to_score.observe(max((now or time.time()) - record_timestamp_s, 0.0))
+    def observe_latencies(self, record_timestamps_s: Sequence[float], now: float | None = None) -> None:
+        latencies = (now or time.time()) - np.asarray(record_timestamps_s, dtype=np.float64)
+        observe_many(self.event_to_score, np.maximum(latencies, 0.0))
+
+
+def observe_many(histogram: Histogram, values: np.ndarray) -> None:
+    """`histogram.observe(v)` for each of `values`, with one increment per bucket touched.
+
+    An observe is a Python loop over the bucket bounds (~1.5 us), and the worker makes two per
+    event. This fills the same buckets (a value counts in the first bucket whose bound is >= it)
+    through the client's own bucket values; prometheus-client is pinned, and a test checks the
+    result against observe's.
+    """
+    if len(values) == 0:
+        return
+    bucket = np.searchsorted(histogram._upper_bounds, values, side="left")
+    histogram._sum.inc(float(np.sum(values)))
+    for index, count in zip(*np.unique(bucket, return_counts=True)):
+        if index < len(histogram._buckets):  # NaN: in no bucket, as with observe
+            histogram._buckets[index].inc(int(count))
