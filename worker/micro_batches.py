@@ -7,9 +7,9 @@ events, and per-batch costs (model calls, record batches, state writes, timers) 
 
 So takes are joined while at least the rest of a full batch is already waiting in Kafka (by
 the high watermarks of the latest fetches): catching up after a restart or a burst, or at full
-load. A batch never exceeds `size`, and an event waits at most `JOIN_LIMIT` windows for its
-batch. Measured with bench_worker (RocksDB, same machine): ~4,000 -> ~5,400 events/s, with the
-event-to-score latency at half the rate still within 50 ms.
+load. A batch never exceeds `size`; one being joined is cut once it has been open `JOIN_LIMIT`
+windows (checked as each take arrives). Measured with bench_worker (RocksDB, same machine):
+~4,000 -> ~5,400 events/s; at half that higher rate, event to score p50 ~28 ms as before.
 """
 
 from __future__ import annotations
