@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from kafka_io.topics import produce_json, read_topic
+from tests.processes import terminate
 
 from .conftest import event_records
 
@@ -53,3 +55,31 @@ def test_backlog_is_taken_in_full_batches_and_a_trickle_in_small_prompt_ones(dep
         kept_up = _batches(worker)
         assert kept_up["sum"] - behind["sum"] == len(trickle)
         assert kept_up["count"] - behind["count"] >= len(trickle) / 4  # not held back to be joined
+
+
+def test_sigterm_while_a_batch_is_being_joined_scores_it_and_exits(deployment, events_frame):
+    """Faust stops fetching, then waits for every taken event to be acknowledged: a batch held open
+    for more events must still be scored, or shutdown (and a rebalance) would wait for ever."""
+    records = event_records(events_frame)[:8000]
+    produce_json(deployment.bootstrap, deployment.topic("events"), records)
+    # batches of 1,000 need ~10 takes each, so the worker is joining most of the time
+    with deployment.worker(ECSEQ_BATCH_SIZE="1000", ECSEQ_BATCH_WITHIN="5ms") as worker:
+        deadline = time.monotonic() + 60
+        while _batches(worker).get("count", 0) < 1:
+            assert time.monotonic() < deadline, "no batch scored in 60 s"
+            time.sleep(0.05)
+        started = time.monotonic()
+        assert terminate(worker.proc, timeout=30) == 0
+        assert time.monotonic() - started < 15
+    want = {value["event_id"] for _, value in records}
+    assert len(_scored(deployment)) < len(want)  # stopped with work left, to be picked up
+    with deployment.worker("w2"):  # the restart scores what the first left uncommitted
+        deadline = time.monotonic() + 60
+        while _scored(deployment) != want:
+            assert time.monotonic() < deadline, "not every event was scored after the restart"
+            time.sleep(0.5)
+
+
+def _scored(deployment) -> set[str]:
+    return {json.loads(record.value)["event_id"] for record in read_topic(deployment.bootstrap,
+                                                                          deployment.topic("scores"))}
