@@ -73,6 +73,7 @@ async def micro_batches(stream: faust.StreamT, size: int, within: float) -> Asyn
             next_take.cancel()
             with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
                 await next_take
+        await takes.aclose()  # acks its last take (each event keeps the reference taken above)
 
 
 def _waiting(consumer: faust.types.ConsumerT, events: list[faust.EventT]) -> int:
