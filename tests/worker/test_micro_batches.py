@@ -1,4 +1,4 @@
-"""Micro-batching against a real broker: full batches while behind, small prompt ones while keeping up."""
+"""Micro-batching against a real broker: full batches while behind, small prompt ones while keeping up, and a batch being joined never holds up a shutdown."""
 
 from __future__ import annotations
 
