@@ -70,8 +70,9 @@ FIELDS = ("event_id", "user_id", "ts", "amount", "hour", "hours_since_prev", "mc
 # The bare apps handle their outputs as the worker does (worker/app.py), so that `worker / bare` is
 # the cost of the worker's own work: one record batch per partition on the aiokafka producer
 # (worker/batches.py; 256 KiB batches, no linger), a batch's deliveries confirmed in the background
-# (at most 2 batches in flight), long-lived objects frozen for the GC. `bare-faust-io` is the same forwarder with Faust's own idiom (Topic.send, 16 KiB
-# batches, deliveries awaited before the next batch), for reference.
+# (at most 2 batches in flight), long-lived objects frozen for the GC. `bare-faust-io` is the same
+# forwarder with Faust's own idiom (Topic.send, 16 KiB batches, deliveries awaited before the next
+# batch), for reference. Both bare apps take their input as the worker does (batching_args).
 WORKER_IO_ARGS = ["--direct-send", "--max-batch-bytes", str(256 * 1024), "--linger", "0", "--pipeline", "2", "--gc-freeze"]
 RATIO_TARGET = 0.6
 P99_TARGET_MS = 50.0

@@ -93,6 +93,10 @@ class UserHistory:
     def __repr__(self) -> str:
         return f"UserHistory(user_id={self.user_id!r}, events={len(self)})"
 
+    def __contains__(self, event_id: object) -> bool:
+        """Whether the history holds this event id (a redelivery), without building event_ids."""
+        return event_id in self._ids
+
     @property
     def event_ids(self) -> tuple[str, ...]:
         return tuple(self._ids)
@@ -306,8 +310,7 @@ def _little_endian(values: array) -> bytes:
 
 
 def _insert(array: np.ndarray, position: int, rows: np.ndarray) -> np.ndarray:
-    if position == len(array):  # the common case: events arrive in time order
-        return np.concatenate((array, rows))
+    """A late event's rows (one arriving after the last is written by UserHistory._append_row)."""
     return np.concatenate((array[:position], rows, array[position:]))
 
 

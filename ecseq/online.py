@@ -65,10 +65,11 @@ class OnlineScorer:
         codes = np.concatenate(codes).astype(np.int64)
         codes = np.where(codes >= 0, codes + np.repeat(offsets, lengths)[:, None], len(values))
         distinct = {value: i for i, value in enumerate(dict.fromkeys(values))}
-        distinct_slots = self.spec.category_slots([*distinct, None])
-        slots = distinct_slots[np.fromiter(map(distinct.__getitem__, values), dtype=np.int64, count=len(values))]
-        slots = np.concatenate((slots, distinct_slots[-1:]))
-        rows = self.spec.transform_slots(np.concatenate(numeric), slots[codes, np.arange(codes.shape[1])])
+        slots = self.spec.category_slots([*distinct, None])
+        # each value's row in `slots`, and for the missing code the None row after them
+        row_of = np.append(np.fromiter(map(distinct.__getitem__, values), dtype=np.int64, count=len(values)),
+                           len(distinct))
+        rows = self.spec.transform_slots(np.concatenate(numeric), slots[row_of[codes], np.arange(codes.shape[1])])
         item = np.repeat(np.arange(len(lengths)), lengths)
         first = np.cumsum(lengths) - lengths  # each item's first row in `rows`
         step = np.arange(len(rows)) - np.repeat(first, lengths) + np.repeat(self.window - lengths, lengths)

@@ -169,7 +169,7 @@ class Worker:
                 history = latest[decoded.user_id][0].copy()
             else:
                 history = self.sequences.history(decoded.user_id, scorer.schema)
-            known = decoded.event_id in history.event_ids
+            known = decoded.event_id in history
             position = history.append(decoded, history_limit(scorer.window))
             if position == NOT_KEPT:
                 pending.append(await self._dead_letter(event.message, TOO_LATE, source))
@@ -192,8 +192,7 @@ class Worker:
         out = PartitionBatches(producer, self.settings.scores_topic)
         for score, (decoded, source) in zip(scores, kept):
             record = score_record(score, scorer.version, decoded.ts, source, received, scored_at)
-            key = score.user_id.encode()
-            await out.append(key, orjson.dumps(record))
+            await out.append(score.user_id.encode(), orjson.dumps(record))
         neighbours = np.fromiter((score.neighbours for score in scores), dtype=np.int64, count=len(scores))
         observe_many(metrics.neighbours, neighbours)
         metrics.zero_neighbours.inc(int(np.count_nonzero(neighbours == 0)))
