@@ -11,7 +11,7 @@ import dataclasses
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ecseq.data.events import DataError
 
@@ -31,7 +31,19 @@ def parse_duration(text: str) -> float:
 @dataclass(frozen=True)
 class Settings:
     store: str = "./artifacts"  # artifact store directory
-    broker: str = "localhost:9092"  # Kafka bootstrap servers
+    broker: str = "localhost:9092"  # Kafka bootstrap servers (comma-separated host:port)
+    # how every Kafka client of ecseq connects (kafka_io/client.py)
+    kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"  # with SASL_*: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512
+    kafka_username: str = ""  # SASL user
+    kafka_password: str = field(default="", repr=False)  # SASL password (or kafka_password_file)
+    kafka_password_file: str = ""  # file holding the SASL password (read at each connection attempt)
+    kafka_ca_file: str = ""  # PEM CA bundle that signed the brokers' certificates (default: the system's)
+    kafka_cert_file: str = ""  # PEM client certificate, for brokers that require mTLS
+    kafka_key_file: str = ""  # PEM private key of kafka_cert_file
+    replication_factor: int = 0  # of every topic ecseq creates; 0: min(3, brokers in the cluster)
+    min_insync_replicas: int = 0  # of every topic ecseq creates; 0: 2 when replicated 3+ times, else 1
+    kafka_cache: str = "~/.cache/ecseq/kafka"  # where `ecseq broker` keeps Apache Kafka's jars
     events_topic: str = "ecseq.events"
     scores_topic: str = "ecseq.scores"
     labels_topic: str = "ecseq.labels"

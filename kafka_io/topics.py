@@ -5,12 +5,13 @@ round trip, a builder pass), so simplicity beats connection reuse. They work fro
 plain code and from inside a running event loop (they then run on a private loop
 in a helper thread, blocking the caller until done).
 
-Beware on Tansu (the dev broker): a metadata request that names a missing topic, or
-a produce to one, creates it with 4 partitions. Nothing here names a topic in a
-metadata request unless it is known to exist; call ``ensure_topics`` before producing.
+Every call takes a `KafkaClientConfig` (or a bare bootstrap string for a plaintext loopback
+broker). Nothing here names a topic in a metadata request unless it is known to exist (a
+broker that auto-creates topics would create it); call ``ensure_topics`` before producing.
 
-Errors: an unreachable broker raises aiokafka's ``KafkaConnectionError`` (a ``KafkaError``)
-at once; a call that outlives its ``timeout`` raises ``TimeoutError``.
+Errors: a broker that cannot be reached or refuses the credentials raises ``BrokerError``
+naming the cause (``KafkaClientConfig.check``); a call that outlives its ``timeout`` raises
+``TimeoutError``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import for_code
+
+from kafka_io.client import KafkaClientConfig
+
+Client = KafkaClientConfig | str
 
 log = logging.getLogger("kafka_io")
 
@@ -90,38 +95,80 @@ def _request_timeout_ms(timeout: float) -> int:
     return max(1000, int(timeout * 1000))
 
 
+async def _start(client: Any, config: KafkaClientConfig) -> None:
+    """Start an aiokafka client after `KafkaClientConfig.check`: a refused or unreachable bootstrap
+    ends in one line naming the cause, not in aiokafka's log lines and its "Unable to bootstrap"."""
+    await config.check()
+    await client.start()
+
+
 @asynccontextmanager
-async def _admin(bootstrap: str, timeout: float) -> AsyncIterator[AIOKafkaAdminClient]:
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=_request_timeout_ms(timeout)
-    )
+async def admin_client(client: Client, timeout: float) -> AsyncIterator[AIOKafkaAdminClient]:
+    config = KafkaClientConfig.of(client)
+    admin = AIOKafkaAdminClient(**config.aiokafka(), request_timeout_ms=_request_timeout_ms(timeout))
     try:  # close even when start fails, or aiokafka warns about an unclosed client
-        await admin.start()
+        await _start(admin, config)
         yield admin
     finally:
         await admin.close()
 
 
 async def _all_topics(admin: AIOKafkaAdminClient) -> dict[str, int]:
-    # topics=None asks for every topic, which never auto-creates one (naming it would, on Tansu).
+    # topics=None asks for every topic, which never auto-creates one (naming one could).
     return {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(None)}
 
 
-def topic_partitions(bootstrap: str, timeout: float = 30.0) -> dict[str, int]:
+def topic_partitions(client: Client, timeout: float = 30.0) -> dict[str, int]:
     """Partition count of every topic on the cluster (one metadata request)."""
 
     async def job() -> dict[str, int]:
-        async with _admin(bootstrap, timeout) as admin:
+        async with admin_client(client, timeout) as admin:
             return await _all_topics(admin)
 
-    return _run(job, timeout, f"metadata from {bootstrap}")
+    return _run(job, timeout, "metadata")
 
 
-def topic_config(bootstrap: str, topic: str, timeout: float = 30.0) -> dict[str, str]:
-    """Topic-level configs the broker reports (Tansu reports only those set at creation)."""
+def cluster_brokers(client: Client, timeout: float = 30.0) -> set[int]:
+    """Node ids of the brokers the cluster's metadata lists (registered and not fenced)."""
+
+    async def job() -> set[int]:
+        async with admin_client(client, timeout) as admin:
+            return {broker["node_id"] for broker in (await admin.describe_cluster())["brokers"]}
+
+    return _run(job, timeout, "describe cluster")
+
+
+def partition_leaders(client: Client, topic: str, timeout: float = 30.0) -> dict[int, int]:
+    """Partition -> node id of its leader (-1 while it has none)."""
+
+    async def job() -> dict[int, int]:
+        async with admin_client(client, timeout) as admin:
+            described = await admin.describe_topics([topic])
+        return {p["partition"]: p["leader"] for d in described for p in d["partitions"]}
+
+    return _run(job, timeout, f"describe {topic!r}")
+
+
+def replication_for(brokers: int, replication_factor: int = 0, min_insync_replicas: int = 0) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) of the topics ecseq creates on a cluster of ``brokers``.
+
+    0 means "suit the cluster": 3 replicas where there are 3+ brokers, and 2 in sync so that
+    acks=all survives one lost broker; a smaller cluster gets what it can hold.
+    """
+    factor = replication_factor or min(3, brokers)
+    if factor > brokers:
+        raise ValueError(f"replication factor {factor} needs {factor} brokers; the cluster has {brokers}")
+    insync = min_insync_replicas or (2 if factor >= 3 else 1)
+    if insync > factor:
+        raise ValueError(f"min.insync.replicas {insync} is above the replication factor {factor}")
+    return factor, insync
+
+
+def topic_config(client: Client, topic: str, timeout: float = 30.0) -> dict[str, str]:
+    """Topic-level configs the broker reports."""
 
     async def job() -> dict[str, str]:
-        async with _admin(bootstrap, timeout) as admin:
+        async with admin_client(client, timeout) as admin:
             responses = await admin.describe_configs(
                 [ConfigResource(ConfigResourceType.TOPIC, topic)]
             )
@@ -140,13 +187,16 @@ def topic_config(bootstrap: str, topic: str, timeout: float = 30.0) -> dict[str,
 
 
 def ensure_topics(
-    bootstrap: str,
+    client: Client,
     topics: Mapping[str, int],
     compacted: Collection[str] = (),
     timeout: float = 30.0,
-) -> None:
-    """Create the missing topics (N partitions, replication 1); existing ones are left alone.
+    replication_factor: int = 0,
+    min_insync_replicas: int = 0,
+) -> tuple[int, int]:
+    """Create the missing topics; existing ones are left alone. Returns (replication, min in sync) used.
 
+    Replication and ``min.insync.replicas`` follow `replication_for` on the cluster found.
     Topics in ``compacted`` get ``cleanup.policy=compact``. An existing topic with a
     different partition count is only warned about: repartitioning is an operator's call.
     """
@@ -157,44 +207,33 @@ def ensure_topics(
     if bad:
         raise ValueError(f"partition counts must be >= 1: {bad}")
 
-    async def job() -> None:
-        async with _admin(bootstrap, timeout) as admin:
+    async def job() -> tuple[int, int]:
+        async with admin_client(client, timeout) as admin:
+            brokers = len((await admin.describe_cluster())["brokers"])
+            factor, insync = replication_for(brokers, replication_factor, min_insync_replicas)
             existing = await _all_topics(admin)
             for name, want in topics.items():
                 if name in existing and existing[name] != want:
-                    log.warning(
-                        "topic %s exists with %d partitions, not %d; left alone",
-                        name,
-                        existing[name],
-                        want,
-                    )
+                    log.warning("topic %s exists with %d partitions, not %d; left alone", name, existing[name], want)
             missing = [name for name in topics if name not in existing]
             if not missing:
-                return
-            new = [
-                NewTopic(
-                    name,
-                    topics[name],
-                    1,
-                    topic_configs={"cleanup.policy": "compact"}
-                    if name in compacted
-                    else None,
-                )
-                for name in missing
-            ]
+                return factor, insync
+            configs = {"min.insync.replicas": str(insync)}
+            new = [NewTopic(name, topics[name], factor,
+                            topic_configs=configs | ({"cleanup.policy": "compact"} if name in compacted else {}))
+                   for name in missing]
             response = await admin.create_topics(new)
             for name, error_code, error_message in response.topic_errors:
                 # Someone else creating it meanwhile is fine: the goal is that it exists.
                 if error_code and error_code != _TOPIC_ALREADY_EXISTS:
-                    raise for_code(error_code)(
-                        f"create topic {name!r}: {error_message}"
-                    )
-            log.info("created topics %s on %s", ", ".join(missing), bootstrap)
-            # Real Kafka can answer CreateTopics before metadata shows the topic everywhere.
+                    raise for_code(error_code)(f"create topic {name!r}: {error_message}")
+            log.info("created topics %s (replication %d, min in sync %d)", ", ".join(missing), factor, insync)
+            # Kafka can answer CreateTopics before metadata shows the topic everywhere.
             while not set(missing) <= set(await _all_topics(admin)):
                 await asyncio.sleep(0.05)
+            return factor, insync
 
-    _run(job, timeout, f"ensure topics {sorted(topics)} on {bootstrap}")
+    return _run(job, timeout, f"ensure topics {sorted(topics)}")
 
 
 def _encode_value(value: Any) -> bytes:
@@ -210,7 +249,7 @@ def _encode_key(key: str | bytes | None) -> bytes | None:
 
 
 def produce_json(
-    bootstrap: str,
+    client: Client,
     topic: str,
     records: Iterable[tuple[str | bytes | None, Any]],
     timeout: float = 30.0,
@@ -222,13 +261,10 @@ def produce_json(
     """
 
     async def job() -> None:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            acks="all",
-            request_timeout_ms=_request_timeout_ms(timeout),
-        )
+        config = KafkaClientConfig.of(client)
+        producer = AIOKafkaProducer(**config.aiokafka(), acks="all", request_timeout_ms=_request_timeout_ms(timeout))
         try:
-            await producer.start()
+            await _start(producer, config)
             pending = [
                 await producer.send(topic, _encode_value(value), key=_encode_key(key))
                 for key, value in records
@@ -241,66 +277,43 @@ def produce_json(
     _run(job, timeout, f"produce to {topic!r}")
 
 
-def read_topic(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Record]:
+def read_topic(client: Client, topic: str, timeout: float = 30.0) -> list[Record]:
     """Every record in ``topic`` up to its end offsets when the read began, by (partition, offset).
 
     No consumer group and no commits, so it never disturbs the app's groups. A topic
     that does not exist holds no records: returns ``[]`` (and does not create it).
-
-    The end of a partition is the high watermark of its first fetch response, not only
-    ListOffsets: Tansu answers ListOffsets(latest) with the last *batch*'s base offset + 1,
-    which falls short whenever that batch held more than one record.
     """
 
     async def job() -> list[Record]:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=100,
-            request_timeout_ms=_request_timeout_ms(timeout),
-        )
+        config = KafkaClientConfig.of(client)
+        consumer = AIOKafkaConsumer(**config.aiokafka(), group_id=None, enable_auto_commit=False,
+                                    auto_offset_reset="earliest", fetch_max_wait_ms=100,
+                                    request_timeout_ms=_request_timeout_ms(timeout))
         try:
+            async with admin_client(config, timeout) as admin:
+                # the consumer's own topics() does not fill in partitions_for_topic
+                partitions = (await _all_topics(admin)).get(topic, 0)
+            if not partitions:
+                return []
             await consumer.start()
-            if topic not in await consumer.topics():
-                return []
-            tps = [
-                TopicPartition(topic, p)
-                for p in sorted(consumer.partitions_for_topic(topic) or ())
-            ]
-            if not tps:
-                return []
+            tps = [TopicPartition(topic, p) for p in range(partitions)]
             start = await consumer.beginning_offsets(tps)
-            listed_end = await consumer.end_offsets(tps)
-            # Even Tansu's short answer is > start when the partition holds anything.
-            todo = [tp for tp in tps if listed_end[tp] > start[tp]]
+            end = await consumer.end_offsets(tps)
+            todo = [tp for tp in tps if end[tp] > start[tp]]
             if not todo:
                 return []
             consumer.assign(todo)
             await consumer.seek_to_beginning(*todo)
-            end: dict[TopicPartition, int] = {}
             out: list[Record] = []
             remaining = set(todo)
             while remaining:
                 batches = await consumer.getmany(*remaining, timeout_ms=200)
-                for tp in remaining:
-                    highwater = consumer.highwater(tp)
-                    if tp not in end and highwater is not None:
-                        end[tp] = max(listed_end[tp], highwater)
                 for tp, messages in batches.items():
-                    limit = end.get(tp, listed_end[tp])
-                    out.extend(
-                        Record(
-                            m.topic, m.partition, m.offset, m.key, m.value, m.timestamp,
-                            tuple(m.headers or ()),
-                        )
-                        for m in messages
-                        if m.offset < limit
-                    )
+                    out.extend(Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp,
+                                      tuple(m.headers or ())) for m in messages if m.offset < end[tp])
                 # Position, not last offset + 1: compaction can leave gaps up to the end.
                 for tp in list(remaining):
-                    if tp in end and await consumer.position(tp) >= end[tp]:
+                    if await consumer.position(tp) >= end[tp]:
                         remaining.discard(tp)
                         consumer.pause(tp)
             out.sort(key=lambda r: (r.partition, r.offset))
