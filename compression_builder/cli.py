@@ -13,6 +13,7 @@ import sys
 import threading
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from compression_builder.gate import GATE_METRICS, GateConfig
 from compression_builder.metrics import BuilderMetrics
@@ -44,6 +45,9 @@ from ecseq.data.events import DataError
 from ecseq.features import FeatureSpec
 from ecseq.settings import Settings, parse_duration
 
+if TYPE_CHECKING:
+    from kafka_io.client import KafkaClientConfig
+
 EXIT_REFUSED = 3
 
 
@@ -55,14 +59,14 @@ def add_commands(sub, settings: Settings) -> None:
     add_encoder_args(te)
     te.add_argument("--seed", type=int, default=0)
     _add_build_args(te, settings, since=None)
-    te.set_defaults(run=cmd_train_encoder)
+    te.set_defaults(run=cmd_train_encoder, settings=settings)
 
     build = sub.add_parser("build", help="one rebuild of the compressed graph with the serving encoder")
     source = _add_file_source(build)
     source.add_argument("--kafka", metavar="BOOTSTRAP", help="read events + late labels from this Kafka")
     _add_build_args(build, settings, since=None)
     _add_topic_args(build, settings)
-    build.set_defaults(run=cmd_build)
+    build.set_defaults(run=cmd_build, settings=settings)
 
     service = sub.add_parser("builder", help="rebuild from Kafka on a schedule (a service), with /metrics")
     service.add_argument("--kafka", metavar="BOOTSTRAP", default=settings.broker,
@@ -74,7 +78,7 @@ def add_commands(sub, settings: Settings) -> None:
     service.add_argument("--metrics-host", default=settings.metrics_host, help="address /metrics binds")
     _add_build_args(service, settings, since=settings.build_since)
     _add_topic_args(service, settings)
-    service.set_defaults(run=cmd_builder)
+    service.set_defaults(run=cmd_builder, settings=settings)
 
     artifacts = sub.add_parser("artifacts", help="list, show, verify or roll back artifact versions")
     actions = artifacts.add_subparsers(dest="action", required=True)
@@ -90,7 +94,7 @@ def add_commands(sub, settings: Settings) -> None:
         if name == "rollback":
             action.add_argument("--announce", metavar="BOOTSTRAP", help="announce the version on this Kafka")
             action.add_argument("--artifacts-topic", default=settings.artifacts_topic)
-        action.set_defaults(run=run)
+        action.set_defaults(run=run, settings=settings)
 
 
 def _add_store_args(p: argparse.ArgumentParser, settings: Settings) -> None:
@@ -165,16 +169,23 @@ def _gather_file(args: argparse.Namespace, spec: FeatureSpec | None):
     return gather_frame(dataset.frame, categorical, numeric, _since(args), f"data set {args.dataset}")
 
 
+def _kafka(args: argparse.Namespace, bootstrap: str) -> KafkaClientConfig:
+    """The one Kafka client configuration (ECSEQ_KAFKA_* settings), for the servers a flag named."""
+    from kafka_io.client import KafkaClientConfig
+
+    return KafkaClientConfig.from_settings(args.settings, bootstrap=bootstrap)
+
+
 def _gather_kafka(args: argparse.Namespace, spec: FeatureSpec):
     numeric, categorical = _columns(spec, ())  # Kafka builds always have the serving spec
-    return read_kafka(args.kafka, args.events_topic, args.labels_topic, numeric, categorical, _since(args))
+    return read_kafka(_kafka(args, args.kafka), args.events_topic, args.labels_topic, numeric, categorical, _since(args))
 
 
 def _job(args: argparse.Namespace, gather, metrics: BuilderMetrics | None = None) -> BuildJob:
     set_threads(args.threads)
     announce = args.announce or getattr(args, "kafka", None)
     return BuildJob(_store(args), partial(gather, args), _build_config(args), metrics,
-                    kafka_announcer(announce, args.artifacts_topic) if announce else None, wait_for_lock=args.wait, force=args.force)
+                    kafka_announcer(_kafka(args, announce), args.artifacts_topic) if announce else None, wait_for_lock=args.wait, force=args.force)
 
 
 def _finish(outcome: BuildOutcome, metric: str) -> int:
@@ -282,7 +293,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     print(f"CURRENT -> {loaded.version} (was {before or 'none'})")
     if args.announce:
         try:
-            kafka_announcer(args.announce, args.artifacts_topic)(loaded.announcement())
+            kafka_announcer(_kafka(args, args.announce), args.artifacts_topic)(loaded.announcement())
         except AnnounceError as exc:  # CURRENT has moved; workers polling it will still follow
             print(f"ecseq: warning: {exc}", file=sys.stderr)
             return 1

@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from compression_builder.metrics import BuilderMetrics
 from compression_builder.pipeline import (
@@ -27,6 +28,9 @@ from ecseq.artifacts import ArtifactError, ArtifactStore, StoreBusy
 from ecseq.data.events import DataError
 from ecseq.features import FeatureSpec
 
+if TYPE_CHECKING:
+    from kafka_io.client import KafkaClientConfig
+
 log = logging.getLogger("ecseq.builder")
 
 Announcer = Callable[[dict], None]
@@ -36,17 +40,18 @@ class AnnounceError(RuntimeError):
     """The control topic could not take an announcement (broker down, timeout)."""
 
 
-def kafka_announcer(bootstrap: str, topic: str) -> Announcer:
+def kafka_announcer(kafka: KafkaClientConfig, topic: str) -> Announcer:
     """Send `{"version", "path", "manifest_sha256"}` to the control topic, keyed so compaction keeps the latest."""
     from aiokafka.errors import KafkaError
 
+    from kafka_io.errors import BrokerError
     from kafka_io.topics import produce_json
 
     def announce(message: dict) -> None:
         try:
-            produce_json(bootstrap, topic, [("artifact", message)])
-        except (KafkaError, OSError, TimeoutError) as exc:
-            raise AnnounceError(f"could not announce {message['version']} on {bootstrap} {topic}: {exc}") from None
+            produce_json(kafka, topic, [("artifact", message)])
+        except (KafkaError, BrokerError, OSError, TimeoutError) as exc:
+            raise AnnounceError(f"could not announce {message['version']} on {kafka.bootstrap} {topic}: {exc}") from None
         log.info("announced %s on %s", message["version"], topic)
     return announce
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,9 @@ from ecseq.data.records import (
     decode_event,
     json_object,
 )
+
+if TYPE_CHECKING:
+    from kafka_io.client import KafkaClientConfig
 
 UNKNOWN_EVENT = "unknown_event"  # a label for an event id the events topic does not hold
 UNKNOWN_USER = "unknown_user"  # a label whose user_id is not the user of its event
@@ -72,33 +76,36 @@ def gather_frame(frame: pd.DataFrame, categorical: Sequence[str], numeric: Seque
     return Gathered(_table(_within(frame, since), categorical, where), where, {"events": skipped})
 
 
-def read_kafka(bootstrap: str, events_topic: str, labels_topic: str, numeric: Sequence[str],
+def read_kafka(kafka: KafkaClientConfig, events_topic: str, labels_topic: str, numeric: Sequence[str],
                categorical: Sequence[str], since: float | None = None) -> Gathered:
     """Every event on `events_topic` joined with its latest label from `labels_topic`."""
-    event_rows, skipped_events = _decode_events(_read(bootstrap, events_topic), numeric, categorical)
+    event_rows, skipped_events = _decode_events(_read(kafka, events_topic), numeric, categorical)
     frame = pd.DataFrame(event_rows, columns=[EVENT_ID, USER, TS, *numeric, *categorical])
     frame, more = drop_bad_rows(frame, numeric)
     skipped_events.update(more)
-    labels, skipped_labels = _decode_labels(_read(bootstrap, labels_topic), frame)
+    labels, skipped_labels = _decode_labels(_read(kafka, labels_topic), frame)
     frame[LABEL] = frame[EVENT_ID].astype(str).map(labels).astype("float64")
-    where = f"kafka {bootstrap} topics {events_topic} + {labels_topic}"
+    where = f"kafka {kafka.bootstrap} topics {events_topic} + {labels_topic}"
     return Gathered(_table(_within(frame, since), categorical, where), where,
                     {"events": skipped_events, "labels": skipped_labels})
 
 
-def _read(bootstrap: str, topic: str) -> list:
+def _read(kafka: KafkaClientConfig, topic: str) -> list:
     """A whole topic; an unreachable or failing broker is one line for the operator.
 
     Kafka is imported here, not at the top: file builds never need it.
     """
     from aiokafka.errors import KafkaError
 
+    from kafka_io.errors import BrokerError
     from kafka_io.topics import read_topic
 
     try:
-        return read_topic(bootstrap, topic)
+        return read_topic(kafka, topic)
+    except BrokerError as exc:  # names the cause (refused credentials, untrusted CA, ...)
+        raise DataError(f"cannot read topic {topic}: {exc}") from None
     except (KafkaError, OSError, TimeoutError) as exc:
-        raise DataError(f"cannot read topic {topic} from Kafka at {bootstrap}: {exc}") from None
+        raise DataError(f"cannot read topic {topic} from Kafka at {kafka.bootstrap}: {exc}") from None
 
 
 def _require_columns(present, needed: Sequence[str], where: str, kind: str) -> None:

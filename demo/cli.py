@@ -1,6 +1,6 @@
 """`ecseq demo`: the whole system on one machine, from nothing, in a few minutes.
 
-Starts a dev broker, trains the first artifact on older events of a real data set, runs a worker
+Starts Apache Kafka on loopback, trains the first artifact on older events of a real data set, runs a worker
 and (mid-stream) the builder as separate processes, replays the newest events through Kafka with
 late labels and a few malformed events, and ends with the online quality of what was streamed.
 Every process it starts is stopped on the way out, Ctrl-C included.
@@ -34,18 +34,16 @@ from ecseq.artifacts import ArtifactStore
 from ecseq.data.datasets import DATASETS, load_dataset
 from ecseq.data.events import DataError
 from ecseq.settings import Settings
-from kafka_io.broker import DevBroker, free_port
+from kafka_io.broker import KafkaCluster, free_port
+from kafka_io.client import KafkaClientConfig
 from kafka_io.cli import TOPIC_FIELDS
+from kafka_io.jars import kafka_version
 from kafka_io.topics import ensure_topics
 
 DEFAULT_EVENTS = 40_000
 DEFAULT_RATE = 500.0
 ENCODER_EPOCHS = 3
-# The dev broker's memory storage scans a partition's log on every fetch, so its CPU grows with
-# the partition's size (measured: one reader of a 4-partition topic fed 500/s took Tansu from 30 %
-# to a full core in 40 s; 16 partitions: 28 % at 30 s). Smaller partitions keep the broker from
-# becoming the bottleneck of a replay that only grows; the worker's table follows (ECSEQ_PARTITIONS).
-PARTITIONS = 32
+PARTITIONS = 4  # of every demo topic, and so of the worker's table (ECSEQ_PARTITIONS)
 READY_SECONDS = 120.0
 BUILDER_SINCE = "3650d"  # every streamed event: the window is what the demo replayed, not a clock
 BUILDER_EVERY = "1h"  # one build during the demo (the service builds at once when it starts)
@@ -76,27 +74,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C: children too
     began = time.monotonic()
     children = Children(work)
-    broker = DevBroker(log_path=children.log_path("broker"))
+    broker = KafkaCluster(nodes=1, workdir=work / "kafka")
     try:
         return _demo(args, settings, work, children, broker, began)
     except (KafkaError, OSError, TimeoutError) as exc:
-        raise DataError(f"demo failed talking to the dev broker: {exc}; see {children.logs}") from None
+        raise DataError(f"demo failed talking to Kafka: {exc}; see {children.logs}") from None
     finally:
         children.stop_all()
         broker.stop()
 
 
-def _demo(args: argparse.Namespace, settings: Settings, work: Path, children: Children, broker: DevBroker,
+def _demo(args: argparse.Namespace, settings: Settings, work: Path, children: Children, broker: KafkaCluster,
           began: float) -> int:
     steps: dict[str, float] = {}
     say = _stepper(steps)
 
     t = time.monotonic()
     broker.start()
-    children.record("broker", broker.pid)
+    children.record("broker", broker.nodes[0].pid)
     topics = {getattr(settings, field): PARTITIONS for field in TOPIC_FIELDS} | {settings.artifacts_topic: 1}
     ensure_topics(broker.bootstrap, topics, compacted=[settings.artifacts_topic])
-    say("broker", f"dev broker on {broker.bootstrap}, topics {', '.join(topics)}", t)
+    say("broker", f"apache kafka {kafka_version()} on {broker.bootstrap} (up in {broker.startup_seconds:.1f}s), "
+                  f"topics {', '.join(topics)}", t)
 
     t = time.monotonic()
     try:
@@ -132,7 +131,7 @@ def _demo(args: argparse.Namespace, settings: Settings, work: Path, children: Ch
                             "--force")  # see demo.builds.FORCED_WHY
     display = Display()
     t = time.monotonic()
-    result = asyncio.run(run_stream(plan, args.rate, broker.bootstrap, settings, children,
+    result = asyncio.run(run_stream(plan, args.rate, KafkaClientConfig.of(broker.bootstrap), settings, children,
                                     lambda: children.start("builder", builder, env), store, first, display))
     say("stream", f"stream: {len(plan.valid_ids & result.scores.seen.keys()):,} of {len(plan.valid_ids):,} valid "
                   f"events scored, {result.scores.dead_letters.total():,} dead letters", t)

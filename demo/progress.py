@@ -21,15 +21,14 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from demo.replay import ReplayProgress
+from kafka_io.client import KafkaClientConfig
+from kafka_io.topics import partition_counts
 from worker.records import HEADER_PREFIX
 
 REASON_HEADER = HEADER_PREFIX + "reason"
 TTY_EVERY = 0.25  # seconds between redraws of the one live line on a terminal
 LOG_EVERY = 5.0  # ... and between printed lines otherwise
 WINDOW = 5.0  # seconds of recent scores behind the live rate and percentiles
-# Every fetch costs the dev broker a scan of the partition (see demo.cli.PARTITIONS): read in 100 ms
-# rounds rather than as fast as scores arrive. Latency is therefore timed by the worker's clock.
-READ_WAIT_MS = 100
 
 
 @dataclass(frozen=True)
@@ -83,16 +82,16 @@ class Scores:
         return out
 
 
-async def follow(bootstrap: str, scores_topic: str, dead_letter_topic: str, scores: Scores,
+async def follow(kafka: KafkaClientConfig, scores_topic: str, dead_letter_topic: str, scores: Scores,
                  stop: asyncio.Event) -> None:
     """Read both topics from the beginning into `scores` until `stop` is set."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest", fetch_max_wait_ms=READ_WAIT_MS)
+    counts = await partition_counts(kafka)
+    consumer = AIOKafkaConsumer(**kafka.aiokafka(), group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
     await consumer.start()
     try:
-        await consumer.topics()  # metadata for the (existing) topics, without naming them
         partitions = [TopicPartition(topic, p) for topic in (scores_topic, dead_letter_topic)
-                      for p in sorted(consumer.partitions_for_topic(topic) or ())]
+                      for p in range(counts.get(topic, 0))]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         while not stop.is_set():

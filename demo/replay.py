@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import pandas as pd
 from aiokafka import AIOKafkaProducer
 
+from kafka_io.client import KafkaClientConfig
+
 from ecseq.data.cleaning import BAD_TYPE, MISSING_FIELD, NON_FINITE
 from ecseq.data.events import EVENT_ID, LABEL, TS, USER
 from ecseq.data.records import BAD_JSON
@@ -123,9 +125,9 @@ def plan_replay(frame: pd.DataFrame, numeric: Sequence[str], categorical: Sequen
                       builder_step or len(steps))
 
 
-async def send(plan: ReplayPlan, bootstrap: str, rate: float, progress: ReplayProgress) -> None:
+async def send(plan: ReplayPlan, kafka: KafkaClientConfig, rate: float, progress: ReplayProgress) -> None:
     """Send the plan at `rate` events/s (labels ride along), then wait until the broker has it all."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer = AIOKafkaProducer(**kafka.aiokafka(), acks="all")
     await producer.start()
     loop = asyncio.get_running_loop()
     started = loop.time()

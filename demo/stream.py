@@ -19,6 +19,7 @@ from demo.progress import Display, Scores, follow, progress_line
 from demo.replay import ReplayPlan, ReplayProgress, send
 from ecseq.artifacts import ArtifactStore
 from ecseq.settings import Settings
+from kafka_io.client import KafkaClientConfig
 
 TICK = 0.1
 DRAIN_SECONDS = 120.0  # after the replay: for the last scores and the build's verdict
@@ -38,13 +39,13 @@ def _complete(plan: ReplayPlan, scores: Scores) -> bool:
     return plan.valid_ids <= scores.seen.keys() and scores.dead_letters.total() >= sum(plan.injected.values())
 
 
-async def run_stream(plan: ReplayPlan, rate: float, bootstrap: str, settings: Settings, children: Children,
+async def run_stream(plan: ReplayPlan, rate: float, kafka: KafkaClientConfig, settings: Settings, children: Children,
                      start_builder: Callable[[], None], store: ArtifactStore, first: str,
                      display: Display) -> StreamResult:
     scores, replay, stop = Scores(), ReplayProgress(), asyncio.Event()
-    reader = asyncio.create_task(follow(bootstrap, settings.scores_topic, settings.dead_letter_topic, scores, stop))
+    reader = asyncio.create_task(follow(kafka, settings.scores_topic, settings.dead_letter_topic, scores, stop))
     started = time.time()
-    sender = asyncio.create_task(send(plan, bootstrap, rate, replay))
+    sender = asyncio.create_task(send(plan, kafka, rate, replay))
     result = StreamResult(scores, replay, started, None, None, False)
     builder_started = deadline = None
     swapped = False

@@ -61,7 +61,6 @@ class Settings:
     partitions: int = 4  # partitions of the topics the worker creates (its parallelism limit)
     batch_size: int = 200  # events scored in one call
     batch_within: str = "5ms"  # ... or fewer, once the agent has waited this long (unless behind)
-    fetch_wait: str = "5ms"  # the longest the broker may hold a fetch with no new records
     state_store: str = "rocksdb://"  # per-user sequence table: rocksdb:// (durable) or memory://
     state_cache_users: int = 100_000  # decoded user sequences kept in memory in front of the table
     data_dir: str = "./worker-data"  # local state (RocksDB) of this replica

@@ -38,7 +38,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import for_code
 
+from ecseq.settings import Settings
 from kafka_io.client import KafkaClientConfig
+from kafka_io.errors import BrokerError
 
 Client = KafkaClientConfig | str
 
@@ -118,14 +120,15 @@ async def _all_topics(admin: AIOKafkaAdminClient) -> dict[str, int]:
     return {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(None)}
 
 
+async def partition_counts(client: Client, timeout: float = 30.0) -> dict[str, int]:
+    """Partition count of every topic on the cluster, from async code (one metadata request)."""
+    async with admin_client(client, timeout) as admin:
+        return await _all_topics(admin)
+
+
 def topic_partitions(client: Client, timeout: float = 30.0) -> dict[str, int]:
     """Partition count of every topic on the cluster (one metadata request)."""
-
-    async def job() -> dict[str, int]:
-        async with admin_client(client, timeout) as admin:
-            return await _all_topics(admin)
-
-    return _run(job, timeout, "metadata")
+    return _run(lambda: partition_counts(client, timeout), timeout, "metadata")
 
 
 def cluster_brokers(client: Client, timeout: float = 30.0) -> set[int]:
@@ -157,10 +160,12 @@ def replication_for(brokers: int, replication_factor: int = 0, min_insync_replic
     """
     factor = replication_factor or min(3, brokers)
     if factor > brokers:
-        raise ValueError(f"replication factor {factor} needs {factor} brokers; the cluster has {brokers}")
+        raise BrokerError(f"replication factor {factor} ({Settings.variable('replication_factor')}) needs "
+                          f"{factor} brokers; the cluster has {brokers}")
     insync = min_insync_replicas or (2 if factor >= 3 else 1)
     if insync > factor:
-        raise ValueError(f"min.insync.replicas {insync} is above the replication factor {factor}")
+        raise BrokerError(f"min.insync.replicas {insync} ({Settings.variable('min_insync_replicas')}) is above "
+                          f"the replication factor {factor}")
     return factor, insync
 
 
@@ -290,9 +295,8 @@ def read_topic(client: Client, topic: str, timeout: float = 30.0) -> list[Record
                                     auto_offset_reset="earliest", fetch_max_wait_ms=100,
                                     request_timeout_ms=_request_timeout_ms(timeout))
         try:
-            async with admin_client(config, timeout) as admin:
-                # the consumer's own topics() does not fill in partitions_for_topic
-                partitions = (await _all_topics(admin)).get(topic, 0)
+            # the consumer's own topics() does not fill in partitions_for_topic
+            partitions = (await partition_counts(config, timeout)).get(topic, 0)
             if not partitions:
                 return []
             await consumer.start()

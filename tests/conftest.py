@@ -1,4 +1,5 @@
-"""Project-wide fixtures: one real dev broker per test session, started only if a test asks; a small
+"""Project-wide fixtures: one Apache Kafka broker per test session (with a SASL_SSL listener), started
+only if a test asks; a small
 generated event file and a store with one artifact trained through the real `ecseq train-encoder`
 (once per session; tests that change a store work on their own copy)."""
 
@@ -16,27 +17,27 @@ import pytest
 from tests.builds import FAST
 
 if TYPE_CHECKING:
-    from kafka_io.broker import DevBroker
+    from kafka_io.broker import KafkaCluster
 
 _topic_counter = itertools.count()
 
 
 @pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevBroker]:
-    """A Tansu broker on a free loopback port; its log is in the session's tmp dir.
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """One Apache Kafka node on free loopback ports: PLAINTEXT at ``bootstrap``, SASL_SSL at
+    ``sasl_ssl_bootstrap`` (``client_settings()`` gives a client's ECSEQ_* settings).
 
-    Memory storage and shared by every test of the session: use ``topic_names`` so
-    tests do not see each other's records.
+    Shared by every test of the session: use ``topic_names`` so tests do not see each other's records.
     """
     # Imported here: sessions without Kafka tests never load aiokafka.
-    from kafka_io.broker import DevBroker
+    from kafka_io.broker import KafkaCluster
 
-    log_path = tmp_path_factory.mktemp("tansu") / "broker.log"
-    dev = DevBroker(port=0, log_path=log_path).start()
+    root = tmp_path_factory.mktemp("kafka")
+    cluster = KafkaCluster(nodes=1, sasl_ssl=root / "sasl-ssl", workdir=root / "nodes").start()
     try:
-        yield dev
+        yield cluster
     finally:
-        dev.stop()
+        cluster.stop()
 
 
 class TopicNames:

@@ -28,13 +28,15 @@ from ecseq.artifacts import ArtifactStore
 from ecseq.data.records import Event, decode_event
 from ecseq.history import NOT_KEPT, UserHistory
 from ecseq.settings import Settings, parse_duration
+from kafka_io.client import KafkaClientConfig
+from kafka_io.topics import ensure_topics
 from worker import faust_compat, views
 from worker.batches import PartitionBatches
-from worker.faust_settings import faust_settings, fetch_wait_ms
+from worker.faust_settings import faust_settings
 from worker.metrics import WorkerMetrics, observe_many
 from worker.micro_batches import micro_batches
 from worker.records import TOO_LATE, Source, dead_letter_headers, score_record
-from worker.sequences import SequenceTable
+from worker.sequences import TABLE, SequenceTable
 from worker.serving import SWAPPED, ArtifactFollower
 
 log = logging.getLogger("ecseq.worker")
@@ -56,10 +58,34 @@ def history_limit(window: int) -> int:
     return window + HISTORY_SLACK
 
 
+def repartition_topic(settings: Settings) -> str:
+    """Where events keyed by anything but their user are forwarded, keyed by user."""
+    return f"{settings.app_id}-events-by-user"
+
+
+def changelog_topic(settings: Settings) -> str:
+    """The sequence table's changelog (Faust's name for it: ``{app id}-{table}-changelog``)."""
+    return f"{settings.app_id}-{TABLE}-changelog"
+
+
+def prepare_topics(settings: Settings, kafka: KafkaClientConfig) -> tuple[int, int]:
+    """Create every topic the worker reads or writes that is missing, replicated to suit the cluster;
+    returns (replication factor, min.insync.replicas). Fails with one line if Kafka refuses us."""
+    partitioned = (settings.events_topic, settings.scores_topic, settings.dead_letter_topic,
+                   repartition_topic(settings), changelog_topic(settings))
+    return ensure_topics(kafka, {name: settings.partitions for name in partitioned} | {settings.artifacts_topic: 1},
+                         compacted=(changelog_topic(settings), settings.artifacts_topic),
+                         replication_factor=settings.replication_factor,
+                         min_insync_replicas=settings.min_insync_replicas)
+
+
 class Worker:
     """The Faust app with its topics, table, agents, timers and web views, built from Settings."""
 
-    def __init__(self, settings: Settings, metrics: WorkerMetrics | None = None) -> None:
+    def __init__(self, settings: Settings, kafka: KafkaClientConfig, replication: tuple[int, int] = (1, 1),
+                 metrics: WorkerMetrics | None = None) -> None:
+        """``replication``: (replication factor, min.insync.replicas) of the topics Faust declares
+        (the changelog and repartition topics), as `prepare_topics` chose them."""
         self.settings = settings
         self.metrics = metrics or WorkerMetrics()
         if "OMP_NUM_THREADS" not in os.environ:
@@ -69,18 +95,18 @@ class Worker:
             torch.set_num_threads(1)
         self.follower = ArtifactFollower(ArtifactStore(settings.store, keep=settings.keep_versions), self.metrics)
         self._batch_within = parse_duration(settings.batch_within)
-        faust_compat.apply(fetch_wait_ms=fetch_wait_ms(settings))
-        self.app = faust.App(settings.app_id, **faust_settings(settings), **PRODUCER_TUNING)
+        faust_compat.apply()
+        self.app = faust.App(settings.app_id, **faust_settings(settings, kafka, replication[0]), **PRODUCER_TUNING)
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
-        by_user = f"{settings.app_id}-events-by-user"
-        self.repartition_topic = self.app.topic(by_user, **raw)
+        self.repartition_topic = self.app.topic(repartition_topic(settings), **raw)
         self.dead_letter_topic = self.app.topic(settings.dead_letter_topic, **raw)
         self.artifacts_topic = self.app.topic(settings.artifacts_topic, **raw)
-        self.sequences = SequenceTable(self.app, settings.partitions, settings.state_cache_users)
+        self.sequences = SequenceTable(self.app, settings.partitions, settings.state_cache_users,
+                                       {"min.insync.replicas": str(replication[1])})
         self.served = asyncio.Event()
         self.assigned = False
         self.metrics.ready.set_function(lambda: float(self.ready))
-        self.app.agent(self.app.topic(settings.events_topic, by_user, **raw), name="score",
+        self.app.agent(self.app.topic(settings.events_topic, repartition_topic(settings), **raw), name="score",
                        concurrency=1)(self._score_stream)
         self.app.agent(self.artifacts_topic, name="artifacts")(self._announcements)
         self.app.timer(parse_duration(settings.swap_check_every))(self._check_artifact)
@@ -182,7 +208,8 @@ class Worker:
             kept.append((decoded, source))
         # Straight to the aiokafka producer under Faust's, one record batch per partition (see
         # worker/batches.py): Topic.send's FutureMessage, callbacks and sensors cost ~40 us a record
-        producer = (await self.app.maybe_start_producer())._ensure_producer()
+        await self.app.maybe_start_producer()
+        producer = faust_compat.aiokafka_producer(self.app)
         updates = [(user, history, partition) for user, (history, partition) in latest.items()]
         pending.append(await self.sequences.write(updates, producer))
         lap("state")
@@ -215,12 +242,14 @@ class Worker:
         self.metrics.lag.clear()  # partitions now on another replica stop being reported here
 
     async def _record_lag(self) -> None:
+        """The group's committed offset (as the Monitor sensor saw it committed) against the high watermark."""
         consumer = self.app.consumer
+        committed_offsets = self.app.monitor.tp_committed_offsets
         for tp in consumer.assignment():
             if tp.topic not in (self.settings.events_topic, self.repartition_topic.get_topic_name()):
                 continue
             highwater = consumer.highwater(tp)
-            committed = consumer._committed_offset.get(tp)  # Faust keeps it per partition, privately
+            committed = committed_offsets.get(tp)
             if highwater is not None:
                 self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(highwater - (committed or 0), 0))
 

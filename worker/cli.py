@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ecseq.settings import Settings
@@ -17,11 +18,25 @@ def add_commands(sub, settings: Settings) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     import faust  # the worker's dependencies load only for this command
 
-    from worker.app import Worker
+    from kafka_io.client import KafkaClientConfig
+    from worker import faust_compat
+    from worker.app import Worker, prepare_topics
+    from worker.metrics import WorkerMetrics
+    from worker.startup import wait_for_kafka
 
     settings: Settings = args.settings
+    try:
+        faust_compat.check()
+    except faust_compat.FaustCompatError as exc:
+        print(f"ecseq: error: {exc}", file=sys.stderr)
+        return 2
+    kafka = KafkaClientConfig.from_settings(settings)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-    worker = Worker(settings)
+    metrics = WorkerMetrics()
+    replication = wait_for_kafka(settings, kafka, lambda: prepare_topics(settings, kafka), metrics)
+    if replication is None:  # stopped while waiting
+        return 0
+    worker = Worker(settings, kafka, replication, metrics)
     # what `faust worker` does: signal handling (SIGTERM stops cleanly), logging, exit status
     runner = faust.Worker(worker.app, loglevel=args.loglevel, redirect_stdouts=False)
     # the terminal spinner would set the root logger to DEBUG: ~10 % of the CPU per event

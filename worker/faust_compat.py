@@ -1,99 +1,70 @@
-"""Fixes to faust-streaming 0.15.3 (and for the Tansu dev broker) that the worker depends on.
+"""The worker's one seam to faust-streaming and aiokafka internals: three patches and two private reads.
 
-Each is a small, idempotent patch of one Faust method, applied by `apply()` before the App is
-built; worker/FAUST_NOTES.md gives the evidence (source functions, experiments) for each.
-On Apache Kafka they are harmless: the fetch wait only bounds latency, the highwater probe
-agrees with ListOffsets there, and without RocksDB's WAL the changelog stays the durable copy.
+Nothing else in the project touches a private name of theirs. `check()` runs before the App is
+built: it refuses to start, with one line naming what changed, when the installed versions are
+not the ones these were written and tested against, or when what they patch no longer has the
+shape they expect. worker/FAUST_NOTES.md gives the evidence for each patch; each one has a test
+on Apache Kafka that fails without it (named in its docstring).
 """
 
 from __future__ import annotations
 
+import inspect
+from importlib.metadata import version
+from typing import Any
 
-def apply(fetch_wait_ms: int) -> None:
+TESTED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
+
+
+class FaustCompatError(RuntimeError):
+    """The installed faust-streaming or aiokafka differs from what the patches were written for."""
+
+
+def _require(owner: type, name: str, parameters: tuple[str, ...], coroutine: bool) -> None:
+    function = getattr(owner, name, None)
+    if function is None:
+        raise FaustCompatError(f"{owner.__module__}.{owner.__qualname__}.{name} is gone")
+    if getattr(function, "_ecseq_patch", False):
+        function = function._ecseq_original
+    found = tuple(inspect.signature(function).parameters)
+    if found != parameters or inspect.iscoroutinefunction(function) != coroutine:
+        raise FaustCompatError(f"{owner.__module__}.{owner.__qualname__}.{name} changed: parameters {found}, "
+                               f"expected {parameters}{' (async)' if coroutine else ''}")
+
+
+def check() -> None:
+    """Refuse to run on versions or shapes other than those tested (see the module docstring)."""
+    for package, tested in TESTED.items():
+        installed = version(package)
+        if installed != tested:
+            raise FaustCompatError(f"{package} {installed} is installed; the worker's patches of its internals "
+                                   f"(worker/faust_compat.py) were tested on {tested}: install {package}=={tested}")
+    from faust.stores.rocksdb import Store
+    from faust.tables.recovery import Recovery
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Producer
+
+    _require(Recovery, "on_recovery_completed", ("self", "generation_id"), coroutine=True)
+    _require(AIOKafkaConsumerThread, "getmany", ("self", "active_partitions", "timeout"), coroutine=True)
+    _require(Store, "_open_for_partition", ("self", "partition"), coroutine=False)
+    _require(Store, "_db_for_partition", ("self", "partition"), coroutine=False)
+    _require(Producer, "_ensure_producer", ("self",), coroutine=False)
+
+
+def apply() -> None:
+    """`check()`, then patch (idempotent: a second call changes nothing)."""
+    check()
     hold_streams_until_seeked()
     fetch_only_active_partitions()
-    shorten_fetch_wait(fetch_wait_ms)
-    true_highwaters()
     changelog_instead_of_wal()
 
 
-def shorten_fetch_wait(max_wait_ms: int) -> None:
-    """Make Faust's consumer fetch wait at most ``max_wait_ms`` (Faust hard-codes 1500 ms).
-
-    Tansu holds every fetch for about its full max wait even when records are there
-    (fetch_min_bytes=1 is not honoured), so Faust's hard-coded fetch_max_wait_ms=1500 in
-    ``AIOKafkaConsumerThread._create_worker_consumer`` costs ~0.5-1.5 s of latency per event.
-    aiokafka reads ``_fetch_max_wait_ms`` when the consumer starts, after this hook runs.
-    """
-    from faust.transport.drivers import aiokafka as driver
-
-    create = driver.AIOKafkaConsumerThread._create_worker_consumer
-    if getattr(create, "_fetch_wait_patched", False):
+def _patch(owner: type, name: str, replacement: Any) -> None:
+    original = getattr(owner, name)
+    if getattr(original, "_ecseq_patch", False):
         return
-
-    def _create_worker_consumer(self, transport):  # type: ignore[no-untyped-def]
-        consumer = create(self, transport)
-        if not hasattr(consumer, "_fetch_max_wait_ms"):
-            raise RuntimeError("aiokafka changed: no AIOKafkaConsumer._fetch_max_wait_ms")
-        consumer._fetch_max_wait_ms = max_wait_ms
-        return consumer
-
-    _create_worker_consumer._fetch_wait_patched = True  # type: ignore[attr-defined]
-    driver.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
-
-
-def true_highwaters() -> None:
-    """Give Faust's table recovery the real end of each changelog partition on Tansu.
-
-    Recovery compares the offset a RocksDB partition persisted with ``highwaters() - 1``
-    (tables/recovery.py ``_restart_recovery``), and ``highwaters`` is ListOffsets(latest)
-    (drivers/aiokafka.py ``AIOKafkaConsumerThread._highwaters``). Tansu answers that with
-    the last *batch's* base offset + 1, so a store that holds the true last record raises
-    ConsistencyError, and recovery may stop short of the real end. The fetch response's
-    high watermark is right: fetch the last listed record and take the larger of the two.
-    On Kafka both agree and this only costs one small fetch per recovery.
-    """
-    from aiokafka import AIOKafkaConsumer
-    from faust.transport.drivers import aiokafka as driver
-
-    listed_highwaters = driver.AIOKafkaConsumerThread._highwaters
-    if getattr(listed_highwaters, "_true_highwaters", False):
-        return
-
-    async def _highwaters(self, partitions):  # type: ignore[no-untyped-def]
-        listed = dict(await listed_highwaters(self, partitions))
-        if self.consumer.in_transaction:
-            return listed
-        todo = [tp for tp, end in listed.items() if end]
-        if not todo:
-            return listed
-        transport = self.transport
-        probe = AIOKafkaConsumer(
-            bootstrap_servers=driver.server_list(transport.url, transport.default_port),
-            group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50,
-            request_timeout_ms=int(self.app.conf.broker_request_timeout * 1000),
-        )
-        await probe.start()
-        try:
-            probe.assign(todo)
-            for tp in todo:
-                probe.seek(tp, listed[tp] - 1)
-            waiting = set(todo)
-            for _ in range(100):
-                if not waiting:
-                    break
-                await probe.getmany(*waiting, timeout_ms=100)
-                for tp in list(waiting):
-                    hw = probe.highwater(tp)
-                    if hw is not None:
-                        listed[tp] = max(listed[tp], hw)
-                        waiting.discard(tp)
-        finally:
-            await probe.stop()
-        return listed
-
-    _highwaters._true_highwaters = True  # type: ignore[attr-defined]
-    driver.AIOKafkaConsumerThread._highwaters = _highwaters
+    replacement._ecseq_patch = True
+    replacement._ecseq_original = original
+    setattr(owner, name, replacement)
 
 
 def hold_streams_until_seeked() -> None:
@@ -108,19 +79,17 @@ def hold_streams_until_seeked() -> None:
     every later commit on the partition. Suspending flow control first makes the fetched
     records wait in the conductor until the seek and the clear are done (the order the
     table-less path, ``Recovery._resume_streams``, already has).
+    Test: tests/worker/test_recovery.py (a restart while events wait must score every one).
     """
     from faust.tables.recovery import Recovery
 
     completed = Recovery.on_recovery_completed
-    if getattr(completed, "_holds_streams", False):
-        return
 
     async def on_recovery_completed(self, generation_id: int = 0) -> None:  # type: ignore[no-untyped-def]
         self.app.flow_control.suspend()
         await completed(self, generation_id)
 
-    on_recovery_completed._holds_streams = True  # type: ignore[attr-defined]
-    Recovery.on_recovery_completed = on_recovery_completed
+    _patch(Recovery, "on_recovery_completed", on_recovery_completed)
 
 
 def fetch_only_active_partitions() -> None:
@@ -133,19 +102,15 @@ def fetch_only_active_partitions() -> None:
     *empty* set as "all partitions". When recovery pauses the active changelog partitions
     ("Done reading") while a fetch waits, the set becomes empty; the standby partitions just
     sought to their start are then drained, and ``Consumer.getmany`` drops them because they
-    are not active yet -- but aiokafka's position has moved past them. The standby reading
-    starts at the end of that fetch: its RocksDB misses every key last written before it,
-    while its persisted offset says it is current, and a takeover from it starts those users
-    over (measured in tests/worker/test_recovery.py: the restarted worker's standby partitions
-    missed 7 to 33 of their 88 keys in most runs, none with this patch). With a copy taken when
-    the fetch starts, the records of partitions resumed meanwhile stay in aiokafka's buffer for
-    the next fetch, which is what Faust's own check after the fetch expects.
+    are not active yet -- but aiokafka's position has moved past them. The standby then misses
+    every key last written before it while its persisted offset says it is current, and a
+    takeover from it starts those users over. With a copy taken when the fetch starts, the
+    records of partitions resumed meanwhile stay in aiokafka's buffer for the next fetch.
+    Test: tests/worker/test_recovery.py (every replica's standby state equals the changelog).
     """
     from faust.transport.drivers import aiokafka as driver
 
     getmany = driver.AIOKafkaConsumerThread.getmany
-    if getattr(getmany, "_snapshot", False):
-        return
 
     async def _getmany(self, active_partitions, timeout):  # type: ignore[no-untyped-def]
         if active_partitions is None:  # client-only apps: every partition
@@ -155,26 +120,23 @@ def fetch_only_active_partitions() -> None:
             return {}
         return await getmany(self, snapshot, timeout)
 
-    _getmany._snapshot = True  # type: ignore[attr-defined]
-    driver.AIOKafkaConsumerThread.getmany = _getmany
+    _patch(driver.AIOKafkaConsumerThread, "getmany", _getmany)
 
 
 def changelog_instead_of_wal() -> None:
     """Write the RocksDB table partitions without RocksDB's write-ahead log.
 
-    Faust's RocksDB store appends every put to the WAL (a write() per key; a put of a 1.8 KB
-    value measured 5.1 us with it, 1.7 us without). The changelog topic is the durable copy already,
-    which is why Kafka Streams disables RocksDB's WAL too: a process killed before a memtable
-    flush loses the unflushed suffix of writes -- the persisted offset among them, as it is
-    written after its data -- so recovery replays the changelog from an older offset and ends
-    in the same state.
+    Faust's RocksDB store appends every put to the WAL (a write() per key). The changelog topic
+    is the durable copy already, which is why Kafka Streams disables RocksDB's WAL too: a
+    process killed before a memtable flush loses the unflushed suffix of writes -- the persisted
+    offset among them, as it is written after its data -- so recovery replays the changelog
+    from an older offset and ends in the same state.
+    Test: tests/worker/test_faust_compat.py (no WAL bytes written), and the SIGKILL recovery test.
     """
     from faust.stores import rocksdb as store_module
     from rocksdict import Rdict, WriteOptions
 
     open_partition = store_module.Store._open_for_partition
-    if getattr(open_partition, "_without_wal", False):
-        return
 
     def _open_for_partition(self, partition):  # type: ignore[no-untyped-def]
         db = open_partition(self, partition)
@@ -184,5 +146,16 @@ def changelog_instead_of_wal() -> None:
             db.set_write_options(options)
         return db
 
-    _open_for_partition._without_wal = True  # type: ignore[attr-defined]
-    store_module.Store._open_for_partition = _open_for_partition
+    _patch(store_module.Store, "_open_for_partition", _open_for_partition)
+
+
+def aiokafka_producer(app: Any) -> Any:
+    """The started aiokafka producer under Faust's: its record-batch API has no Faust counterpart
+    (worker/batches.py sends whole record batches; Topic.send costs ~40 us a record)."""
+    return app.producer._ensure_producer()
+
+
+def rocksdb_partition(store: Any, partition: int) -> Any:
+    """The rocksdict DB of one RocksDB table partition, for one write batch per micro-batch
+    (Faust's own changelog recovery writes that way; its public put is per key)."""
+    return store._db_for_partition(partition)

@@ -1,19 +1,34 @@
 """Faust's configuration, derived from the ecseq Settings (one source of truth: ECSEQ_* variables).
 
-The broker timeouts are short because groups form after about half the session timeout on
-the dev broker, and a replica that died should lose its partitions within seconds, not
-minutes. Web views are ours (/health, /ready, /metrics); Faust's own stats pages are off.
+The session timeout is short because a replica that died should lose its partitions within
+seconds, not minutes. Web views are ours (/health, /ready, /metrics); Faust's own stats pages
+are off. Connections use the one Kafka client configuration (kafka_io/client.py).
 """
 
 from __future__ import annotations
 
+import faust
+
 from ecseq.settings import Settings, parse_duration
+from kafka_io.client import KafkaClientConfig
 
 
-def faust_settings(settings: Settings) -> dict:
+def broker_credentials(kafka: KafkaClientConfig) -> faust.types.auth.CredentialsT | None:
+    """Faust's form of the TLS / SASL settings (it hands them to every aiokafka client it makes)."""
+    if kafka.sasl:
+        return faust.SASLCredentials(username=kafka.username, password=kafka.read_password(),
+                                     ssl_context=kafka.ssl_context(), mechanism=kafka.sasl_mechanism)
+    if kafka.tls:
+        return faust.SSLCredentials(kafka.ssl_context())
+    return None
+
+
+def faust_settings(settings: Settings, kafka: KafkaClientConfig, replication_factor: int = 1) -> dict:
     session = parse_duration(settings.session_timeout)
     return {
-        "broker": [f"kafka://{host.strip()}" for host in settings.broker.split(",")],
+        "broker": [f"kafka://{host}" for host in kafka.hosts],
+        "broker_credentials": broker_credentials(kafka),
+        "topic_replication_factor": replication_factor,
         "store": settings.state_store,
         "datadir": settings.data_dir,
         "topic_partitions": settings.partitions,
@@ -38,7 +53,3 @@ def faust_settings(settings: Settings) -> dict:
         "agent_supervisor": "mode.CrashingSupervisor",
     }
 
-
-def fetch_wait_ms(settings: Settings) -> int:
-    """The consumer's fetch wait (faust_compat.shorten_fetch_wait) in whole milliseconds, at least 1."""
-    return max(1, round(parse_duration(settings.fetch_wait) * 1000))

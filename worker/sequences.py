@@ -28,6 +28,7 @@ from rocksdict import WriteBatch
 
 from ecseq.data.records import EventSchema
 from ecseq.history import UserHistory
+from worker import faust_compat
 from worker.batches import PartitionBatches, SentBatch
 
 log = logging.getLogger("ecseq.worker")
@@ -38,9 +39,10 @@ TABLE = "sequences"
 class SequenceTable:
     """Per-user histories: read through the cache, written to the table and the cache together."""
 
-    def __init__(self, app: faust.App, partitions: int, cache_users: int) -> None:
+    def __init__(self, app: faust.App, partitions: int, cache_users: int, topic_configs: dict[str, str]) -> None:
         # key_type/value_type=bytes is how a Faust Table stores raw bytes
-        self.table = app.Table(TABLE, default=None, partitions=partitions, key_type=bytes, value_type=bytes)
+        self.table = app.Table(TABLE, default=None, partitions=partitions, key_type=bytes, value_type=bytes,
+                               extra_topic_configs=topic_configs)
         self.cache_users = cache_users
         self._cache: OrderedDict[str, UserHistory] = OrderedDict()
         app.on_partitions_revoked.connect(self._forget)
@@ -89,7 +91,7 @@ class SequenceTable:
             batch = WriteBatch(raw_mode=True)
             for key, value in values:
                 batch.put(key, value)
-            store._db_for_partition(partition).write(batch)
+            faust_compat.rocksdb_partition(store, partition).write(batch)
         else:  # the memory store is one dict for every partition
             for key, value in values:
                 store[key] = value

@@ -79,7 +79,7 @@ class WorkerProcess:
 @pytest.fixture
 def deployment(broker, topic_names, store, tmp_path) -> Deployment:
     env = {"ECSEQ_BROKER": broker.bootstrap, "ECSEQ_STORE": str(store), "ECSEQ_STATE_STORE": "memory://",
-           "ECSEQ_SESSION_TIMEOUT": "2s", "ECSEQ_SWAP_CHECK_EVERY": "1s", "ECSEQ_PARTITIONS": "4",
+           "ECSEQ_SWAP_CHECK_EVERY": "1s", "ECSEQ_PARTITIONS": "4",
            "ECSEQ_APP_ID": topic_names("app")}
     for name in ("events", "scores", "labels", "dead_letter", "artifacts"):
         env[f"ECSEQ_{name.upper()}_TOPIC"] = topic_names(name)
