@@ -176,6 +176,10 @@ def _kafka(args: argparse.Namespace, bootstrap: str) -> KafkaClientConfig:
     return KafkaClientConfig.from_settings(args.settings, bootstrap=bootstrap)
 
 
+def _replication(args: argparse.Namespace) -> tuple[int, int]:
+    return args.settings.replication_factor, args.settings.min_insync_replicas
+
+
 def _gather_kafka(args: argparse.Namespace, spec: FeatureSpec):
     numeric, categorical = _columns(spec, ())  # Kafka builds always have the serving spec
     return read_kafka(_kafka(args, args.kafka), args.events_topic, args.labels_topic, numeric, categorical, _since(args))
@@ -185,7 +189,7 @@ def _job(args: argparse.Namespace, gather, metrics: BuilderMetrics | None = None
     set_threads(args.threads)
     announce = args.announce or getattr(args, "kafka", None)
     return BuildJob(_store(args), partial(gather, args), _build_config(args), metrics,
-                    kafka_announcer(_kafka(args, announce), args.artifacts_topic) if announce else None, wait_for_lock=args.wait, force=args.force)
+                    kafka_announcer(_kafka(args, announce), args.artifacts_topic, _replication(args)) if announce else None, wait_for_lock=args.wait, force=args.force)
 
 
 def _finish(outcome: BuildOutcome, metric: str) -> int:
@@ -293,7 +297,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     print(f"CURRENT -> {loaded.version} (was {before or 'none'})")
     if args.announce:
         try:
-            kafka_announcer(_kafka(args, args.announce), args.artifacts_topic)(loaded.announcement())
+            kafka_announcer(_kafka(args, args.announce), args.artifacts_topic, _replication(args))(loaded.announcement())
         except AnnounceError as exc:  # CURRENT has moved; workers polling it will still follow
             print(f"ecseq: warning: {exc}", file=sys.stderr)
             return 1

@@ -40,15 +40,26 @@ class AnnounceError(RuntimeError):
     """The control topic could not take an announcement (broker down, timeout)."""
 
 
-def kafka_announcer(kafka: KafkaClientConfig, topic: str) -> Announcer:
-    """Send `{"version", "path", "manifest_sha256"}` to the control topic, keyed so compaction keeps the latest."""
+def kafka_announcer(kafka: KafkaClientConfig, topic: str, replication: tuple[int, int] = (0, 0)) -> Announcer:
+    """Send `{"version", "path", "manifest_sha256"}` to the control topic, keyed so compaction keeps the latest.
+
+    The topic (one partition, compacted) is created on the first announcement if it is missing,
+    replicated as ``replication`` (the ECSEQ_REPLICATION_FACTOR / ECSEQ_MIN_INSYNC_REPLICAS pair).
+    """
     from aiokafka.errors import KafkaError
 
     from kafka_io.errors import BrokerError
-    from kafka_io.topics import produce_json
+    from kafka_io.topics import ensure_topics, produce_json
+
+    ensured = False
 
     def announce(message: dict) -> None:
+        nonlocal ensured
         try:
+            if not ensured:
+                ensure_topics(kafka, {topic: 1}, compacted=[topic], replication_factor=replication[0],
+                              min_insync_replicas=replication[1])
+                ensured = True
             produce_json(kafka, topic, [("artifact", message)])
         except (KafkaError, BrokerError, OSError, TimeoutError) as exc:
             raise AnnounceError(f"could not announce {message['version']} on {kafka.bootstrap} {topic}: {exc}") from None

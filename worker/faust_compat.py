@@ -1,10 +1,10 @@
-"""The worker's one seam to faust-streaming and aiokafka internals: three patches and two private reads.
+"""The worker's one seam to faust-streaming and aiokafka internals: one patch and two private reads.
 
 Nothing else in the project touches a private name of theirs. `check()` runs before the App is
 built: it refuses to start, with one line naming what changed, when the installed versions are
-not the ones these were written and tested against, or when what they patch no longer has the
-shape they expect. worker/FAUST_NOTES.md gives the evidence for each patch; each one has a test
-on Apache Kafka that fails without it (named in its docstring).
+not the ones these were written and tested against, or when what they patch or read no longer
+has the shape they expect. worker/FAUST_NOTES.md gives the evidence; the patch has a test that
+fails without it (named in its docstring).
 """
 
 from __future__ import annotations
@@ -40,11 +40,8 @@ def check() -> None:
             raise FaustCompatError(f"{package} {installed} is installed; the worker's patches of its internals "
                                    f"(worker/faust_compat.py) were tested on {tested}: install {package}=={tested}")
     from faust.stores.rocksdb import Store
-    from faust.tables.recovery import Recovery
-    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Producer
+    from faust.transport.drivers.aiokafka import Producer
 
-    _require(Recovery, "on_recovery_completed", ("self", "generation_id"), coroutine=True)
-    _require(AIOKafkaConsumerThread, "getmany", ("self", "active_partitions", "timeout"), coroutine=True)
     _require(Store, "_open_for_partition", ("self", "partition"), coroutine=False)
     _require(Store, "_db_for_partition", ("self", "partition"), coroutine=False)
     _require(Producer, "_ensure_producer", ("self",), coroutine=False)
@@ -53,8 +50,6 @@ def check() -> None:
 def apply() -> None:
     """`check()`, then patch (idempotent: a second call changes nothing)."""
     check()
-    hold_streams_until_seeked()
-    fetch_only_active_partitions()
     changelog_instead_of_wal()
 
 
@@ -67,62 +62,6 @@ def _patch(owner: type, name: str, replacement: Any) -> None:
     setattr(owner, name, replacement)
 
 
-def hold_streams_until_seeked() -> None:
-    """Close the recovery race that skips source events after a restart (upstream #596).
-
-    With tables, recovery resumes flow control to read the changelogs; when it completes,
-    ``Recovery.on_recovery_completed`` resumes the source partitions *before* seeking them
-    to the committed offsets and before ``flow_control.resume()`` clears the stream queues.
-    Records fetched in that window reach the agent or sit in a queue that is then cleared,
-    while the consumer's read offset has moved past them, so their refetch is dropped as a
-    duplicate ("DROPPED MESSAGE ROFF") -- a gap that is never processed and that blocks
-    every later commit on the partition. Suspending flow control first makes the fetched
-    records wait in the conductor until the seek and the clear are done (the order the
-    table-less path, ``Recovery._resume_streams``, already has).
-    Test: tests/worker/test_recovery.py (a restart while events wait must score every one).
-    """
-    from faust.tables.recovery import Recovery
-
-    completed = Recovery.on_recovery_completed
-
-    async def on_recovery_completed(self, generation_id: int = 0) -> None:  # type: ignore[no-untyped-def]
-        self.app.flow_control.suspend()
-        await completed(self, generation_id)
-
-    _patch(Recovery, "on_recovery_completed", on_recovery_completed)
-
-
-def fetch_only_active_partitions() -> None:
-    """Give aiokafka a snapshot of the partitions to return records for (standby state loss).
-
-    ``Consumer._wait_next_records`` passes its live ``_active_partitions`` set to
-    ``AIOKafkaConsumerThread.getmany``, which runs ``Fetcher.fetched_records`` in the consumer
-    thread; that call keeps reading the set while it waits. aiokafka prefetches every assigned
-    partition (Faust's pauses are only Faust's bookkeeping), and ``fetched_records`` treats an
-    *empty* set as "all partitions". When recovery pauses the active changelog partitions
-    ("Done reading") while a fetch waits, the set becomes empty; the standby partitions just
-    sought to their start are then drained, and ``Consumer.getmany`` drops them because they
-    are not active yet -- but aiokafka's position has moved past them. The standby then misses
-    every key last written before it while its persisted offset says it is current, and a
-    takeover from it starts those users over. With a copy taken when the fetch starts, the
-    records of partitions resumed meanwhile stay in aiokafka's buffer for the next fetch.
-    Test: tests/worker/test_recovery.py (every replica's standby state equals the changelog).
-    """
-    from faust.transport.drivers import aiokafka as driver
-
-    getmany = driver.AIOKafkaConsumerThread.getmany
-
-    async def _getmany(self, active_partitions, timeout):  # type: ignore[no-untyped-def]
-        if active_partitions is None:  # client-only apps: every partition
-            return await getmany(self, None, timeout)
-        snapshot = frozenset(active_partitions)
-        if not snapshot:  # aiokafka would read an empty set as "all partitions"
-            return {}
-        return await getmany(self, snapshot, timeout)
-
-    _patch(driver.AIOKafkaConsumerThread, "getmany", _getmany)
-
-
 def changelog_instead_of_wal() -> None:
     """Write the RocksDB table partitions without RocksDB's write-ahead log.
 
@@ -131,7 +70,8 @@ def changelog_instead_of_wal() -> None:
     process killed before a memtable flush loses the unflushed suffix of writes -- the persisted
     offset among them, as it is written after its data -- so recovery replays the changelog
     from an older offset and ends in the same state.
-    Test: tests/worker/test_faust_compat.py (no WAL bytes written), and the SIGKILL recovery test.
+    Test: tests/worker/test_faust_compat.py (no WAL bytes written); the SIGKILL recovery test
+    (tests/worker/test_recovery.py) runs with it.
     """
     from faust.stores import rocksdb as store_module
     from rocksdict import Rdict, WriteOptions

@@ -156,3 +156,42 @@ def test_an_unreachable_broker_is_one_line(store, capsys):
     code = main(["build", "--store", str(store), "--kafka", f"127.0.0.1:{free_port()}", *FAST])
     err = capsys.readouterr().err
     assert code == 2 and "cannot read topic" in err and "Traceback" not in err
+
+
+def test_build_and_rollback_over_sasl_ssl(broker, topic_names, store, events_frame, capsys, monkeypatch):
+    events, labels, control = topic_names("events"), topic_names("labels"), topic_names("artifacts")
+    _publish_stream(broker.bootstrap, events_frame, events, labels)
+    secured = broker.client_settings()
+    for name, value in secured.items():
+        monkeypatch.setenv(name, value)
+    code = main(["build", "--store", str(store), "--kafka", secured["ECSEQ_BROKER"], "--events-topic", events,
+                 "--labels-topic", labels, "--artifacts-topic", control, "--force", *FAST])
+    captured = capsys.readouterr()
+    assert code == 0, captured
+    assert ArtifactStore(store).current() == "v000002"
+    code = main(["artifacts", "rollback", "--store", str(store), "--announce", secured["ECSEQ_BROKER"],
+                 "--artifacts-topic", control])
+    captured = capsys.readouterr()
+    assert code == 0 and "CURRENT -> v000001" in captured.out, captured
+    assert [r.json()["version"] for r in read_topic(broker.bootstrap, control)] == ["v000002", "v000001"]
+    assert broker.material.password not in captured.out + captured.err
+
+
+@pytest.mark.parametrize(("override", "reason"), [
+    ({"ECSEQ_KAFKA_PASSWORD": "not-the-password", "ECSEQ_KAFKA_PASSWORD_FILE": ""},
+     "authentication failed for user 'ecseq' (SCRAM-SHA-512)"),
+    ({"ECSEQ_KAFKA_CA_FILE": ""}, "TLS certificate is not trusted"),
+    ({"ECSEQ_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"}, "the broker closed the connection"),
+], ids=["wrong password", "untrusted CA", "plaintext on the TLS port"])
+def test_a_build_with_refused_credentials_is_one_line_naming_the_problem(broker, topic_names, store, capsys,
+                                                                          monkeypatch, override, reason):
+    secured = broker.client_settings() | override
+    for name, value in secured.items():
+        monkeypatch.setenv(name, value)
+    code = main(["build", "--store", str(store), "--kafka", secured["ECSEQ_BROKER"], "--events-topic",
+                 topic_names("events"), "--labels-topic", topic_names("labels"), *FAST])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("ecseq:")]
+    assert code == 2 and len(lines) == 1 and reason in lines[0], err
+    assert "Traceback" not in err and "not-the-password" not in err and broker.material.password not in err
+    assert ArtifactStore(store).current() == "v000001"  # nothing built

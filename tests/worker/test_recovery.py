@@ -102,15 +102,16 @@ def _all_scored(bootstrap: str, topic: str, expected: set[str]) -> list | None:
 
 def _group(bootstrap: str, group: str) -> tuple[str, int]:
     """(state, member count) of a consumer group, as the broker's coordinator sees it."""
-    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import GroupCoordinatorNotAvailableError
+
+    from kafka_io.topics import admin_client
 
     async def describe() -> tuple[str, int]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
-        try:
-            await admin.start()
-            (response,) = await admin.describe_consumer_groups([group])
-        finally:
-            await admin.close()
+        async with admin_client(bootstrap, 5.0) as admin:
+            try:
+                (response,) = await admin.describe_consumer_groups([group])
+            except GroupCoordinatorNotAvailableError:  # the group's offsets partition has no leader yet
+                return "no coordinator", 0
         (described,) = response.groups  # (error_code, group_id, state, protocol_type, protocol, members, ...)
         if described[0]:
             return f"error {described[0]}", 0
@@ -275,3 +276,21 @@ def test_sigkill_under_load_loses_no_event_and_recovers_the_same_sequences(deplo
           f"{expelled_at - killed_time:.1f}s, back after {back_at - killed_time:.1f}s ({sent_at_restart} sent); "
           f"{len(changelog)} changelog records for {len(last)} users; current replicas per partition "
           f"{dict(sorted(current.items()))}; {time.monotonic() - started:.1f}s")
+
+
+def test_a_restart_with_a_backlog_waiting_scores_every_event(deployment, events_frame):
+    """Upstream #596: records fetched while recovery resumes the streams must not be skipped."""
+    frame = events_frame.sort_values("ts", kind="stable").head(EVENTS).reset_index(drop=True)
+    records = event_records(frame)
+    first, backlog = records[:300], records[300:]
+    with deployment.worker("w1", **DURABLE) as w1:
+        produce_json(deployment.bootstrap, deployment.topic("events"), first)
+        _until(lambda: _scored(w1) >= len(first), "the first events to be scored")
+        w1.proc.terminate()
+        assert w1.proc.wait(timeout=60) == 0
+    produce_json(deployment.bootstrap, deployment.topic("events"), backlog)  # waits for the restart
+    with deployment.worker("w1", **DURABLE):
+        expected = {v["event_id"] for _, v in records}
+        scores = _until(lambda: _all_scored(deployment.bootstrap, deployment.topic("scores"), expected),
+                        f"a score for each of the {len(backlog)} waiting events", timeout=90, every=0.5)
+    assert {r.json()["event_id"] for r in scores} == expected
