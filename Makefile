@@ -3,9 +3,13 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install system-tools evaluate test bench demo clean
+.PHONY: install system-tools apt-tools evaluate test bench demo clean
 
+# install: the venv, then Java 17+ and Maven where missing (Debian packages), then Apache Kafka's
+# jars through Maven (kafka_io/kafka/pom.xml) into ~/.cache/ecseq/kafka (ECSEQ_KAFKA_CACHE).
 install: $(VENV)/.installed
+	@$(MAKE) --no-print-directory apt-tools TOOLS="java:openjdk-17-jre-headless mvn:maven"
+	$(BIN)/python -m kafka_io
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,19 +18,24 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Debian tools the deploy tests use: docker-compose (validates docker-compose.yml, no engine
-# needed) and prometheus (promtool + a real server). Installed only when missing; the
-# prometheus package's service is kept from starting (policy-rc.d), so nothing holds :9090.
+# needed) and prometheus (promtool + a real server).
 system-tools:
+	@$(MAKE) --no-print-directory apt-tools TOOLS="docker-compose:docker-compose promtool:prometheus"
+
+# TOOLS="command:package ...": apt-get installs the package of each missing command. The
+# prometheus package's service is kept from starting (policy-rc.d), so nothing holds :9090.
+apt-tools:
 	@missing=""; \
-	command -v docker-compose >/dev/null 2>&1 || missing="$$missing docker-compose"; \
-	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	for pair in $(TOOLS); do \
+		command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then \
-		echo "system-tools: missing; install as root: apt-get install --no-install-recommends$$missing" >&2; exit 1; \
+		echo "missing; install as root: apt-get install --no-install-recommends$$missing" >&2; exit 1; \
 	fi; \
 	policy=/usr/sbin/policy-rc.d; made_policy=""; \
 	if [ ! -e $$policy ]; then printf '#!/bin/sh\nexit 101\n' > $$policy; chmod 755 $$policy; made_policy=1; fi; \
-	echo "system-tools: apt-get install$$missing"; \
+	echo "apt-get install$$missing"; \
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends$$missing >/dev/null; \
 	status=$$?; \
 	if [ -n "$$made_policy" ]; then rm -f $$policy; fi; \

@@ -3,7 +3,7 @@
 The version is the one in ``kafka_io/kafka/pom.xml`` (the project's single Kafka version). The
 jars land in ``<cache>/<version>/libs`` and Maven's downloads in ``<cache>/m2``, so nothing is
 written to the user's own Maven repository; a folder that holds a complete copy is reused as it
-is (the marker file is written last). ``python -m kafka_io.jars`` fetches them ahead of time;
+is (the marker file is written last). ``python -m kafka_io`` fetches them ahead of time;
 ``ECSEQ_KAFKA_CACHE`` moves the cache.
 """
 
@@ -113,6 +113,3 @@ def main() -> int:
         return 1
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

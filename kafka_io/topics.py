@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import for_code
+from aiokafka.errors import KafkaConnectionError, NodeNotReadyError, RequestTimedOutError, for_code
 
 from ecseq.settings import Settings
 from kafka_io.client import KafkaClientConfig
@@ -115,9 +115,23 @@ async def admin_client(client: Client, timeout: float) -> AsyncIterator[AIOKafka
         await admin.close()
 
 
+async def _any_node(request: Callable[[], Awaitable[T]], attempts: int = 10) -> T:
+    """An admin request that any broker can answer: aiokafka sends it to a random node of the
+    metadata, which may be a broker that just died (until the controller fences it), so try again."""
+    for attempt in range(attempts):
+        try:
+            return await request()
+        except (NodeNotReadyError, KafkaConnectionError, RequestTimedOutError):
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
 async def _all_topics(admin: AIOKafkaAdminClient) -> dict[str, int]:
     # topics=None asks for every topic, which never auto-creates one (naming one could).
-    return {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(None)}
+    described = await _any_node(lambda: admin.describe_topics(None))
+    return {t["topic"]: len(t["partitions"]) for t in described}
 
 
 async def partition_counts(client: Client, timeout: float = 30.0) -> dict[str, int]:
@@ -136,7 +150,7 @@ def cluster_brokers(client: Client, timeout: float = 30.0) -> set[int]:
 
     async def job() -> set[int]:
         async with admin_client(client, timeout) as admin:
-            return {broker["node_id"] for broker in (await admin.describe_cluster())["brokers"]}
+            return {broker["node_id"] for broker in (await _any_node(admin.describe_cluster))["brokers"]}
 
     return _run(job, timeout, "describe cluster")
 
@@ -146,7 +160,7 @@ def partition_leaders(client: Client, topic: str, timeout: float = 30.0) -> dict
 
     async def job() -> dict[int, int]:
         async with admin_client(client, timeout) as admin:
-            described = await admin.describe_topics([topic])
+            described = await _any_node(lambda: admin.describe_topics([topic]))
         return {p["partition"]: p["leader"] for d in described for p in d["partitions"]}
 
     return _run(job, timeout, f"describe {topic!r}")
@@ -214,7 +228,7 @@ def ensure_topics(
 
     async def job() -> tuple[int, int]:
         async with admin_client(client, timeout) as admin:
-            brokers = len((await admin.describe_cluster())["brokers"])
+            brokers = len((await _any_node(admin.describe_cluster))["brokers"])
             factor, insync = replication_for(brokers, replication_factor, min_insync_replicas)
             existing = await _all_topics(admin)
             for name, want in topics.items():

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from ecseq.settings import Settings, parse_duration
+from kafka_io.jars import kafka_version
 
 from .conftest import (
     COMPOSE,
@@ -75,7 +76,7 @@ def test_compose_file_is_valid_and_runs_two_workers_a_builder_and_kafka_in_kraft
     (builder,) = builders.values()
 
     kafka = services["kafka"]
-    assert kafka["image"].startswith("apache/kafka:")
+    assert kafka["image"] == f"apache/kafka:{kafka_version()}"  # the version the tests run
     env = kafka["environment"]
     assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}  # KRaft, combined node
     assert not any("zookeeper" in name for name in services)
