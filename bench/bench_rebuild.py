@@ -5,7 +5,7 @@ train the GNN, evaluate against the encoder and the serving artifact, write the 
 plots, publish. The core fit (embed + compress + GNN, what bench_build times) is the baseline
 of the same run: the ratio says what the product around it costs. Then the published artifact
 is loaded the way a worker loads it. Targets (issue 3): rebuild <= 30 s, load <= 200 ms.
-`--source kafka` gathers the same window from a dev broker instead (events joined with labels).
+`--source kafka` gathers the same window from Apache Kafka on loopback instead (events joined with labels).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from ecseq.data.synthetic import generate_synthetic
 from ecseq.encoders.training import EncoderTrainConfig
 from ecseq.gnn_training import GNNTrainConfig
 from ecseq.relation import RelationConfig
-from kafka_io import DevBroker, ensure_topics, produce_json
+from kafka_io import KafkaClientConfig, KafkaCluster, ensure_topics, produce_json
 
 REBUILD_TARGET_S = 30.0
 LOAD_TARGET_S = 0.200
@@ -47,15 +47,15 @@ def _events(labelled: int) -> pd.DataFrame:
     return frame
 
 
-def _to_kafka(broker: DevBroker, frame: pd.DataFrame) -> None:
+def _to_kafka(kafka: KafkaClientConfig, frame: pd.DataFrame) -> None:
     """Events as the worker's producers send them, then their labels as late label records."""
-    ensure_topics(broker.bootstrap, {EVENTS: 4, LABELS: 4})
+    ensure_topics(kafka, {EVENTS: 4, LABELS: 4})
     events = frame.drop(columns=["label"]).astype(object).where(frame.drop(columns=["label"]).notna(), None)
-    produce_json(broker.bootstrap, EVENTS, ((r["user_id"], r) for r in events.to_dict("records")))
+    produce_json(kafka, EVENTS, ((r["user_id"], r) for r in events.to_dict("records")))
     labelled = frame[frame["label"].notna()]
-    produce_json(broker.bootstrap, LABELS, ((u, {"event_id": e, "user_id": u, "label": int(y), "ts": t})
-                                            for e, u, y, t in zip(labelled["event_id"], labelled["user_id"],
-                                                                  labelled["label"], labelled["ts"])))
+    produce_json(kafka, LABELS, ((u, {"event_id": e, "user_id": u, "label": int(y), "ts": t})
+                                 for e, u, y, t in zip(labelled["event_id"], labelled["user_id"],
+                                                       labelled["label"], labelled["ts"])))
 
 
 def main() -> int:
@@ -69,9 +69,8 @@ def main() -> int:
         events = Path(tmp) / "events.parquet"
         frame.to_parquet(events)
         if args.source == "kafka":
-            broker = stack.enter_context(DevBroker())
-            broker.start()
-            _to_kafka(broker, frame)
+            kafka = KafkaClientConfig.of(stack.enter_context(KafkaCluster(nodes=1)).bootstrap)
+            _to_kafka(kafka, frame)
         store = ArtifactStore(Path(tmp) / "store")
         config = BuildConfig(relation=RelationConfig(gnn=GNNTrainConfig(progress=False)))
 
@@ -80,7 +79,7 @@ def main() -> int:
                 return read_event_file(events, CATEGORICAL)
             numeric, categorical = [f.name for f in spec.numeric], tuple(f.name for f in spec.categorical)
             if args.source == "kafka":
-                return read_kafka(broker.bootstrap, EVENTS, LABELS, numeric, categorical)
+                return read_kafka(kafka, EVENTS, LABELS, numeric, categorical)
             return read_event_file(events, categorical, numeric)
 
         job = BuildJob(store, gather, config, force=True)

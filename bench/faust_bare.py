@@ -12,10 +12,11 @@ It is its own process, started by bench/bench_worker.py:
 
     python -m bench.faust_bare --bootstrap 127.0.0.1:PORT --input IN --output OUT
 
-Settings are the ones that suit the Tansu dev broker (2 s session timeout: Tansu waits
-about half of it to form a group). Nothing listens beyond 127.0.0.1. The module-level
-patches (``shorten_fetch_wait``, ``true_highwaters``, ``hold_streams_until_seeked``) and the
-``--hold-acks``/``--crash-app`` discipline are the fixes worker/FAUST_NOTES.md argues for;
+Faust's settings follow the worker's (worker/faust_settings.py) where they shape the
+comparison: the group session timeout (``--session-timeout``, 6 s: Kafka refuses less by
+default), acks=all, the stream buffer, and the worker's Faust patches
+(``worker.faust_compat.apply()``). Nothing listens beyond 127.0.0.1. The
+``--hold-acks``/``--crash-app`` discipline is the fix worker/FAUST_NOTES.md argues for;
 ``--fail-at``, ``--store rocksdb://`` and ``--no-consistency-check`` exist for the
 experiments described there. ``--direct-send``, ``--max-batch-bytes``, ``--pipeline`` and
 ``--gc-freeze`` handle the outputs the way the worker does (worker/app.py), so that the
@@ -42,29 +43,26 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 
 import faust
 
+from kafka_io.client import KafkaClientConfig
+from worker import faust_compat
 from worker.batches import PartitionBatches
-from worker.faust_compat import (
-    hold_streams_until_seeked,
-    shorten_fetch_wait,
-    true_highwaters,
-)
 from worker.micro_batches import micro_batches
 
 
-def tansu_settings(args: argparse.Namespace) -> dict:
-    """Faust settings that matter against the dev broker on loopback (see FAUST_NOTES.md §3)."""
+def bare_settings(args: argparse.Namespace) -> dict:
+    """Faust settings for the loopback broker the bench starts (see FAUST_NOTES.md §3)."""
     return {
-        "broker": f"kafka://{args.bootstrap}",
+        "broker": [f"kafka://{host}" for host in KafkaClientConfig.of(args.bootstrap).hosts],
         "store": args.store,
         "datadir": args.datadir,
         "topic_partitions": args.partitions,
         "topic_allow_declare": True,  # lets Faust create the changelog topic
         "table_standby_replicas": 0,  # one worker in the bench: no standby reads
         "consumer_auto_offset_reset": "earliest",
-        # Tansu forms a group after about half the session timeout: keep it short.
-        "broker_session_timeout": 2.0,
-        "broker_heartbeat_interval": 0.3,
-        "broker_rebalance_timeout": 2.0,
+        # as the worker's: Kafka's group.min.session.timeout.ms (6 s) is the floor
+        "broker_session_timeout": args.session_timeout,
+        "broker_heartbeat_interval": args.session_timeout / 6,
+        "broker_rebalance_timeout": args.session_timeout,
         "broker_commit_interval": args.commit_interval,
         "broker_commit_every": 10_000,
         "recovery_consistency_check": not args.no_consistency_check,
@@ -86,13 +84,8 @@ def tansu_settings(args: argparse.Namespace) -> dict:
 
 
 def build_app(args: argparse.Namespace) -> faust.App:
-    if args.fix_recovery_race:
-        hold_streams_until_seeked()
-    if args.fetch_wait_ms > 0:
-        shorten_fetch_wait(args.fetch_wait_ms)
-    if args.true_highwaters:
-        true_highwaters()
-    app = faust.App(args.group, **tansu_settings(args))
+    faust_compat.apply()  # the worker's patches of Faust: the ceiling runs on the same framework
+    app = faust.App(args.group, **bare_settings(args))
     source = app.topic(args.input, key_serializer="raw", value_serializer="raw",
                        partitions=args.partitions)
     sink = app.topic(args.output, key_serializer="raw", value_serializer="raw",
@@ -215,12 +208,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--linger", type=float, default=0.005, help="producer linger, s")
     parser.add_argument("--max-batch-bytes", type=int, default=16384,
                         help="producer_max_batch_size (Faust's default 16384; the worker uses 256 KiB)")
-    parser.add_argument("--fetch-wait-ms", type=int, default=20,
-                        help="consumer fetch_max_wait_ms (0: Faust's hard-coded 1500)")
-    parser.add_argument("--true-highwaters", action="store_true",
-                        help="recovery reads the changelog's end from a fetch (Tansu fix)")
-    parser.add_argument("--fix-recovery-race", action="store_true",
-                        help="suspend streams until recovery has seeked the sources (#596)")
+    parser.add_argument("--session-timeout", type=float, default=6.0,
+                        help="consumer group session timeout, s (Kafka refuses less than 6 by default)")
     parser.add_argument("--no-consistency-check", action="store_true",
                         help="recovery_consistency_check=False")
     parser.add_argument("--hold-acks", action="store_true",

@@ -35,6 +35,8 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
+from kafka_io.client import KafkaClientConfig
+
 MCC = [f"mcc{i:02d}" for i in range(16)]
 DEVICES = [f"dev{i}" for i in range(6)]
 COUNTRIES = ["US", "GB", "DE", "FR", "ES", "BR", "IN", "JP"]
@@ -98,7 +100,7 @@ class FileEvents:
 async def produce(args: argparse.Namespace) -> dict:
     maker = FileEvents(args.events, args.phase, args.offset) if args.events else EventMaker(args.users, args.phase, args.seed)
     producer = AIOKafkaProducer(
-        bootstrap_servers=args.bootstrap,
+        **KafkaClientConfig.of(args.bootstrap).aiokafka(),
         acks="all",
         linger_ms=args.linger_ms,
         max_batch_size=256 * 1024,

@@ -60,12 +60,13 @@ class Children:
     def pids(self) -> dict[str, int]:
         return dict(self._pids)
 
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
+    def start(self, name: str, argv: list[str], env: dict[str, str], niceness: int = 0) -> Child:
+        """Start a child; ``niceness`` > 0 lowers its CPU priority (a batch job next to the worker)."""
         log = self.log_path(name)
         with log.open("ab") as out:  # the child keeps its own descriptor
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     env={**env, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
-                                    preexec_fn=die_with_parent())  # noqa: PLW1509 - only calls prctl
+                                    preexec_fn=_preexec(niceness))  # noqa: PLW1509 - prctl and nice only
         child = Child(name, proc, log)
         self._children[name] = child
         self.record(name, proc.pid)
@@ -96,6 +97,18 @@ class Children:
         procs = [child.proc for child in reversed(self._children.values())]
         self._children.clear()
         _stop(procs)
+
+
+def _preexec(niceness: int):
+    dies_with_parent = die_with_parent()
+
+    def preexec() -> None:
+        if dies_with_parent is not None:
+            dies_with_parent()
+        if niceness:
+            os.nice(niceness)
+
+    return preexec
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:

@@ -50,4 +50,11 @@ def cmd_broker(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        cluster.stop()
+        # a second Ctrl-C / SIGTERM (`timeout` signals the process and its group) must not cut the
+        # stop short: that left the nodes' temporary storage behind and exited 130
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            cluster.stop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

@@ -9,6 +9,7 @@ error messages name the setting, not its value.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,6 +127,9 @@ class KafkaClientConfig:
         if self.tls:
             kwargs["ssl_context"] = self.ssl_context()
         if self.sasl:
+            # aiokafka's connection logger dumps the SASL PLAIN handshake, password included, at DEBUG
+            conn_log = logging.getLogger("aiokafka.conn")
+            conn_log.setLevel(max(conn_log.getEffectiveLevel(), logging.INFO))
             kwargs.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.username,
                           sasl_plain_password=self.read_password())
         return kwargs
@@ -182,9 +186,9 @@ class KafkaClientConfig:
             return ("no answer in time" + (" (a TLS listener? set " + Settings.variable("kafka_security_protocol")
                                            + ")" if not self.tls else ""))
         if "closed" in lowered or "reset" in lowered or "eof" in lowered:
-            hint = ("the broker closed the connection: does this listener expect TLS or SASL? "
-                    f"(here {Settings.variable('kafka_security_protocol')}={self.security_protocol})")
-            return hint
+            return (f"the broker closed the connection: is this a {self.security_protocol} listener? "
+                    f"(here {Settings.variable('kafka_security_protocol')}={self.security_protocol}; "
+                    "a listener that expects TLS or SASL closes a client that does not speak it)")
         return text
 
 

@@ -39,10 +39,12 @@ TABLE = "sequences"
 class SequenceTable:
     """Per-user histories: read through the cache, written to the table and the cache together."""
 
-    def __init__(self, app: faust.App, partitions: int, cache_users: int, topic_configs: dict[str, str]) -> None:
+    def __init__(self, app: faust.App, partitions: int, cache_users: int,
+                 topic_configs: dict[str, str] | None = None) -> None:
+        """``topic_configs``: extra configs of the changelog topic, should Faust create it."""
         # key_type/value_type=bytes is how a Faust Table stores raw bytes
         self.table = app.Table(TABLE, default=None, partitions=partitions, key_type=bytes, value_type=bytes,
-                               extra_topic_configs=topic_configs)
+                               extra_topic_configs=topic_configs or {})
         self.cache_users = cache_users
         self._cache: OrderedDict[str, UserHistory] = OrderedDict()
         app.on_partitions_revoked.connect(self._forget)
