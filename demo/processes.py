@@ -2,7 +2,7 @@
 
 Children run in their own session, so a Ctrl-C in the terminal reaches only the demo, which then
 stops them in an order and within a time it controls; Linux also SIGTERMs them should the demo
-die without cleaning up (the dev broker's own safety net, reused).
+die without cleaning up (the Kafka nodes' own safety net, reused).
 """
 
 from __future__ import annotations
