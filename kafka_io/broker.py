@@ -40,6 +40,7 @@ log = logging.getLogger("kafka_io")
 HOST = "127.0.0.1"
 JVM_OPTIONS = ("-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true")
 SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+PORT_ATTEMPTS = 3  # free ports are picked before the JVMs bind them: another process may win one
 
 
 def free_port(host: str = HOST) -> int:
@@ -99,6 +100,10 @@ def _terminate(procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
             proc.wait()
 
 
+class _PortTaken(BrokerError):
+    """A node could not bind a port that was free when it was picked."""
+
+
 def _cluster_id() -> str:
     """A random cluster id as Kafka writes one (a UUID's 16 bytes in URL-safe base64, unpadded)."""
     return base64.urlsafe_b64encode(secrets.token_bytes(16)).decode().rstrip("=")
@@ -154,6 +159,7 @@ class KafkaCluster:
         self._finalizer: weakref.finalize | None = None
         self._java = ""
         self._libs: Path | None = None
+        self._created: list[Path] = []  # node folders this start made (a retry may remove them)
 
     # --- addresses ------------------------------------------------------------------------
 
@@ -187,23 +193,35 @@ class KafkaCluster:
             return self
         started = time.monotonic()
         self._java, self._libs = java_binary(), kafka_libs()
-        if self.workdir is None:
-            self.workdir = Path(tempfile.mkdtemp(prefix="ecseq-kafka-"))
-        try:
-            self._plan()
-            cluster_id = _cluster_id()
-            with concurrent.futures.ThreadPoolExecutor(self.size) as pool:
-                list(pool.map(lambda node: self._format(node, cluster_id), self.nodes))
-            for node in self.nodes:
-                self._launch(node)
-            self._finalizer = weakref.finalize(self, _terminate, [n.proc for n in self.nodes if n.proc], 5.0)
-            self._wait_registered(range(self.size), started + timeout)
-        except BaseException:
-            self.stop()
-            raise
+        for attempt in range(PORT_ATTEMPTS):
+            if self.workdir is None:
+                self.workdir = Path(tempfile.mkdtemp(prefix="ecseq-kafka-"))
+            try:
+                self._start_nodes(started + timeout)
+                break
+            except _PortTaken as exc:  # a free port was taken before the JVM bound it: pick others
+                self.stop()
+                if self._first_port or attempt == PORT_ATTEMPTS - 1:
+                    raise BrokerError(str(exc)) from None
+                for folder in self._created:  # storage formatted by this attempt only
+                    shutil.rmtree(folder, ignore_errors=True)
+                log.info("kafka: %s; starting again on other ports", exc)
+            except BaseException:
+                self.stop()
+                raise
         self.startup_seconds = time.monotonic() - started
         log.info("apache kafka up: %d node(s) at %s in %.1fs", self.size, self.bootstrap, self.startup_seconds)
         return self
+
+    def _start_nodes(self, deadline: float) -> None:
+        self._plan()
+        cluster_id = _cluster_id()
+        with concurrent.futures.ThreadPoolExecutor(self.size) as pool:
+            list(pool.map(lambda node: self._format(node, cluster_id), self.nodes))
+        for node in self.nodes:
+            self._launch(node)
+        self._finalizer = weakref.finalize(self, _terminate, [n.proc for n in self.nodes if n.proc], 5.0)
+        self._wait_registered(range(self.size), deadline)
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop every node (SIGTERM, then SIGKILL after ``timeout``); safe to call any number of times."""
@@ -262,6 +280,7 @@ class KafkaCluster:
 
     def _plan(self) -> None:
         assert self.workdir is not None
+        self._created = []
         if self._first_port and not _port_free(self._first_port):
             raise BrokerError(f"port {self._first_port} on {HOST} is already in use (another broker running?); "
                               "pick another port or use port 0")
@@ -278,6 +297,8 @@ class KafkaCluster:
         for index in range(self.size):
             client = self._first_port if index == 0 and self._first_port else port()
             folder = self.workdir / f"node{index + 1}"
+            if not folder.exists():
+                self._created.append(folder)
             folder.mkdir(parents=True, exist_ok=True)
             self.nodes.append(KafkaNode(index + 1, client, port(), port() if self.material else None, folder))
         for node in self.nodes:
@@ -365,7 +386,8 @@ class KafkaCluster:
         while True:
             for node in self.nodes:
                 if node.proc is not None and node.proc.poll() is not None and node.node_id in wanted:
-                    raise BrokerError(f"kafka node {node.node_id} exited during start (status {node.proc.returncode}): "
+                    failure = _PortTaken if "Address already in use" in node.log_tail(50) else BrokerError
+                    raise failure(f"kafka node {node.node_id} exited during start (status {node.proc.returncode}): "
                                       f"{node.log_tail() or 'no output'}; log {node.log_path}")
             left = deadline - time.monotonic()
             if left <= 0:

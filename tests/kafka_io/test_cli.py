@@ -106,8 +106,10 @@ def test_a_second_sigterm_does_not_cut_the_stop_short(tmp_path: Path) -> None:
     tmp = tmp_path / "tmp"
     with child([*BROKER, "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                env=env_with_tmpdir(tmp)) as proc:
-        assert proc.stdout is not None
-        (bootstrap,) = read_lines(proc.stdout, 1)
+        assert proc.stdout is not None and proc.stderr is not None
+        lines = read_lines(proc.stdout, 1)
+        assert lines, proc.stderr.read()  # it exited before printing: say why
+        (bootstrap,) = lines
         nodes = kafka_children(proc.pid)
         assert len(nodes) == 1 and len(list(tmp.iterdir())) == 1
         proc.send_signal(signal.SIGTERM)
