@@ -34,6 +34,7 @@ from typing import IO, Any, Self
 from kafka_io.errors import BrokerError
 from kafka_io.jars import LOG4J_CONFIG, java_binary, kafka_libs
 from kafka_io.security import USERNAME, SaslSslMaterial, write_client_env, write_sasl_ssl_material
+from kafka_io.topics import cluster_brokers
 
 log = logging.getLogger("kafka_io")
 
@@ -352,21 +353,18 @@ class KafkaCluster:
         return [self._java, *JVM_OPTIONS, f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp",
                 f"{self._libs}/*", main, *args]
 
-    def _tool(self, *args: str) -> str:
-        cmd = self._java_command("kafka.tools.StorageTool", *args)
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
-        if done.returncode != 0:
-            tail = " | ".join((done.stdout + done.stderr).strip().splitlines()[-3:])
-            raise BrokerError(f"kafka storage tool {args[0]} failed (exit {done.returncode}): {tail}")
-        return done.stdout
-
     def _format(self, node: KafkaNode, cluster_id: str) -> None:
+        """Kafka's storage tool: the node's log directory, with the SCRAM user in its bootstrap metadata."""
         scram: list[str] = []
         if self.material is not None:
             for mechanism in SCRAM_MECHANISMS:
                 scram += ["--add-scram", f"{mechanism}=[name={USERNAME},password={self.material.password}]"]
-        self._tool("format", "--config", str(node.folder / "server.properties"), "--cluster-id", cluster_id,
-                   "--ignore-formatted", *scram)
+        cmd = self._java_command("kafka.tools.StorageTool", "format", "--config", str(node.folder / "server.properties"),
+                                 "--cluster-id", cluster_id, "--ignore-formatted", *scram)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            tail = " | ".join((done.stdout + done.stderr).strip().splitlines()[-3:])
+            raise BrokerError(f"kafka storage format of node {node.node_id} failed (exit {done.returncode}): {tail}")
 
     def _launch(self, node: KafkaNode) -> None:
         node.log_file = open(node.log_path, "ab")  # noqa: SIM115 - lives as long as the node
@@ -380,8 +378,6 @@ class KafkaCluster:
             raise BrokerError(f"cannot run Kafka with {self._java}: {exc}") from exc
 
     def _wait_registered(self, indexes: Any, deadline: float) -> None:
-        from kafka_io.topics import cluster_brokers
-
         wanted = {self.nodes[i].node_id for i in indexes}
         while True:
             for node in self.nodes:

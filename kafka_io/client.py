@@ -22,6 +22,10 @@ from aiokafka.protocol.metadata import MetadataRequest
 from ecseq.settings import Settings
 from kafka_io.errors import BrokerError
 
+# aiokafka's connection logger dumps the SASL PLAIN handshake, password included, at DEBUG
+_conn_log = logging.getLogger("aiokafka.conn")
+_conn_log.setLevel(max(_conn_log.getEffectiveLevel(), logging.INFO))
+
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
@@ -127,9 +131,6 @@ class KafkaClientConfig:
         if self.tls:
             kwargs["ssl_context"] = self.ssl_context()
         if self.sasl:
-            # aiokafka's connection logger dumps the SASL PLAIN handshake, password included, at DEBUG
-            conn_log = logging.getLogger("aiokafka.conn")
-            conn_log.setLevel(max(conn_log.getEffectiveLevel(), logging.INFO))
             kwargs.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.username,
                           sasl_plain_password=self.read_password())
         return kwargs
@@ -139,13 +140,14 @@ class KafkaClientConfig:
         user = f", user {self.username} ({self.sasl_mechanism})" if self.sasl else ""
         return f"{self.bootstrap} over {self.security_protocol}{user}"
 
-    async def check(self, timeout: float = 10.0) -> None:
+    async def check(self, timeout: float = 10.0, kwargs: dict[str, Any] | None = None) -> None:
         """Open one connection to a bootstrap server and authenticate, naming the cause if that fails.
 
         aiokafka's own clients log the cause and raise only "Unable to bootstrap", so every
-        process checks its connection this way first and reports one clear line.
+        process checks its connection this way first and reports one clear line. ``kwargs``:
+        the `aiokafka()` arguments the client was built with (else built here).
         """
-        kwargs = self.aiokafka()
+        kwargs = self.aiokafka() if kwargs is None else kwargs
         causes = []
         for host in self.hosts:
             name, _, port = host.rpartition(":")
@@ -177,7 +179,7 @@ class KafkaClientConfig:
         if isinstance(exc, ssl.SSLError):
             return f"TLS handshake failed ({text}): is this a TLS listener?"
         lowered = text.lower()
-        if "authentication failed" in lowered or "sasl" in lowered and "failed" in lowered:
+        if "authentication failed" in lowered or ("sasl" in lowered and "failed" in lowered):
             return (f"authentication failed for user {self.username!r} ({self.sasl_mechanism}): check "
                     f"{Settings.variable('kafka_username')} and the password")
         if isinstance(exc, ConnectionRefusedError) or "connect call failed" in lowered:

@@ -97,19 +97,21 @@ def _request_timeout_ms(timeout: float) -> int:
     return max(1000, int(timeout * 1000))
 
 
-async def _start(client: Any, config: KafkaClientConfig) -> None:
-    """Start an aiokafka client after `KafkaClientConfig.check`: a refused or unreachable bootstrap
-    ends in one line naming the cause, not in aiokafka's log lines and its "Unable to bootstrap"."""
-    await config.check()
+async def _start(client: Any, config: KafkaClientConfig, kwargs: dict[str, Any]) -> None:
+    """Start an aiokafka client built with ``kwargs`` after `KafkaClientConfig.check`: a refused or
+    unreachable bootstrap ends in one line naming the cause, not in aiokafka's log lines and its
+    "Unable to bootstrap"."""
+    await config.check(kwargs=kwargs)
     await client.start()
 
 
 @asynccontextmanager
 async def admin_client(client: Client, timeout: float) -> AsyncIterator[AIOKafkaAdminClient]:
     config = KafkaClientConfig.of(client)
-    admin = AIOKafkaAdminClient(**config.aiokafka(), request_timeout_ms=_request_timeout_ms(timeout))
+    kwargs = config.aiokafka()
+    admin = AIOKafkaAdminClient(**kwargs, request_timeout_ms=_request_timeout_ms(timeout))
     try:  # close even when start fails, or aiokafka warns about an unclosed client
-        await _start(admin, config)
+        await _start(admin, config, kwargs)
         yield admin
     finally:
         await admin.close()
@@ -118,14 +120,12 @@ async def admin_client(client: Client, timeout: float) -> AsyncIterator[AIOKafka
 async def _any_node(request: Callable[[], Awaitable[T]], attempts: int = 10) -> T:
     """An admin request that any broker can answer: aiokafka sends it to a random node of the
     metadata, which may be a broker that just died (until the controller fences it), so try again."""
-    for attempt in range(attempts):
+    for _ in range(attempts - 1):
         try:
             return await request()
         except (NodeNotReadyError, KafkaConnectionError, RequestTimedOutError):
-            if attempt == attempts - 1:
-                raise
             await asyncio.sleep(0.2)
-    raise AssertionError("unreachable")
+    return await request()
 
 
 async def _all_topics(admin: AIOKafkaAdminClient) -> dict[str, int]:
@@ -281,9 +281,10 @@ def produce_json(
 
     async def job() -> None:
         config = KafkaClientConfig.of(client)
-        producer = AIOKafkaProducer(**config.aiokafka(), acks="all", request_timeout_ms=_request_timeout_ms(timeout))
+        kwargs = config.aiokafka()
+        producer = AIOKafkaProducer(**kwargs, acks="all", request_timeout_ms=_request_timeout_ms(timeout))
         try:
-            await _start(producer, config)
+            await _start(producer, config, kwargs)
             pending = [
                 await producer.send(topic, _encode_value(value), key=_encode_key(key))
                 for key, value in records
