@@ -106,8 +106,14 @@ class _PortTaken(BrokerError):
 
 
 def _cluster_id() -> str:
-    """A random cluster id as Kafka writes one (a UUID's 16 bytes in URL-safe base64, unpadded)."""
-    return base64.urlsafe_b64encode(secrets.token_bytes(16)).decode().rstrip("=")
+    """A random cluster id as Kafka writes one (a UUID's 16 bytes in URL-safe base64, unpadded).
+
+    Never one starting with "-", which the storage tool's command line would read as an option
+    (1 id in 64): Kafka's own Uuid.randomUuid() draws again for the same reason."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(secrets.token_bytes(16)).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 @dataclass

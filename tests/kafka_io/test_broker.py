@@ -97,6 +97,16 @@ def test_a_cluster_needs_a_node() -> None:
         KafkaCluster(nodes=0)
 
 
+def test_a_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The storage tool reads "--cluster-id -x..." as a missing argument (it failed 1 run in 64)."""
+    from kafka_io import broker
+
+    draws = iter([b"\xf8" + bytes(15), bytes(range(16))])  # the first encodes to "-AAA..."
+    monkeypatch.setattr(broker.secrets, "token_bytes", lambda n: next(draws))
+    cluster_id = broker._cluster_id()
+    assert cluster_id == "AAECAwQFBgcICQoLDA0ODw" and len(cluster_id) == 22
+
+
 def test_wait_before_start_is_an_error() -> None:
     with pytest.raises(BrokerError, match="not started"):
         KafkaCluster().wait()

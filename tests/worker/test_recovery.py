@@ -100,6 +100,23 @@ def _all_scored(bootstrap: str, topic: str, expected: set[str]) -> list | None:
     return records if expected <= {r.json()["event_id"] for r in records} else None
 
 
+def _unscored(deployment, expected: set[str], workers) -> str:
+    """What a failed wait for every score saw: the unscored events by partition, the logs' warnings."""
+    scored = {r.json()["event_id"] for r in read_topic(deployment.bootstrap, deployment.topic("scores"))}
+    where = defaultdict(list)
+    for r in read_topic(deployment.bootstrap, deployment.topic("events")):
+        if r.json()["event_id"] in expected - scored:
+            where[r.partition].append(r.offset)
+    lines = [f"{len(expected - scored)} events never scored; partition: (count, first offset, last offset) "
+             + str({p: (len(o), min(o), max(o)) for p, o in sorted(where.items())})]
+    for worker in workers:
+        noted = [line for line in worker.log.read_text(errors="replace").splitlines()
+                 if "WARN" in line or "ERROR" in line or "Seek" in line or "ready" in line.lower()]
+        lines += [f"--- {worker.log.name} ({'running' if worker.proc.poll() is None else worker.proc.poll()})",
+                  *noted[-40:]]
+    return "\n".join(lines)
+
+
 def _group(bootstrap: str, group: str) -> tuple[str, int]:
     """(state, member count) of a consumer group, as the broker's coordinator sees it."""
     from aiokafka.errors import GroupCoordinatorNotAvailableError
@@ -212,8 +229,11 @@ def test_sigkill_under_load_loses_no_event_and_recovers_the_same_sequences(deplo
                 _until(lambda: _scored(w2) > 0, "the restarted worker to score")  # it got partitions back
 
                 expected = {v["event_id"] for _, v in records}
-                scores = _until(lambda: _all_scored(deployment.bootstrap, deployment.topic("scores"), expected),
-                                "a score for every event", every=0.5)
+                try:
+                    scores = _until(lambda: _all_scored(deployment.bootstrap, deployment.topic("scores"), expected),
+                                    "a score for every event", every=0.5)
+                except AssertionError as timeout:
+                    raise AssertionError(_unscored(deployment, expected, (w1, w2))) from timeout
                 for worker in (w1, w2):
                     assert worker.proc.poll() is None, worker.log.read_text(errors="replace")[-3000:]
                     assert worker.get("/health")[0] == 200
