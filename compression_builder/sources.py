@@ -31,6 +31,7 @@ from ecseq.data.records import (
     BAD_JSON,
     EMPTY,
     NOT_OBJECT,
+    TOMBSTONE,
     EventSchema,
     decode_event,
     json_object,
@@ -43,7 +44,7 @@ UNKNOWN_EVENT = "unknown_event"  # a label for an event id the events topic does
 UNKNOWN_USER = "unknown_user"  # a label whose user_id is not the user of its event
 _LABEL_VALUES = {0: 0.0, 1: 1.0, "0": 0.0, "1": 1.0}
 # The builder has always counted these as bad_json; other decode_event reasons are reported as they are.
-_AS_BAD_JSON = {EMPTY: BAD_JSON, NOT_OBJECT: BAD_JSON}
+_AS_BAD_JSON = {TOMBSTONE: BAD_JSON, EMPTY: BAD_JSON, NOT_OBJECT: BAD_JSON}
 
 
 @dataclass

@@ -35,7 +35,7 @@ from worker.batches import PartitionBatches
 from worker.faust_settings import faust_settings
 from worker.metrics import WorkerMetrics, observe_many
 from worker.micro_batches import micro_batches
-from worker.records import TOO_LATE, Source, dead_letter_headers, score_record
+from worker.records import TOO_LATE, Source, dead_letter, score_record
 from worker.sequences import TABLE, SequenceTable
 from worker.serving import SWAPPED, ArtifactFollower
 
@@ -232,8 +232,8 @@ class Worker:
     async def _dead_letter(self, message, reason: str, source: Source) -> asyncio.Future:
         self.metrics.dead_letters.labels(reason).inc()
         self.metrics.events.labels("dead_letter").inc()
-        return await self.dead_letter_topic.send(key=message.key, value=message.value or b"",
-                                                 headers=dead_letter_headers(reason, source))
+        letter = dead_letter(message.key, message.value, reason, source, self.app.conf.producer_max_request_size)
+        return await self.dead_letter_topic.send(key=letter.key, value=letter.value, headers=letter.headers)
 
     # --- operations -------------------------------------------------------------------------
 

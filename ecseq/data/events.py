@@ -23,6 +23,7 @@ CSV_SUFFIXES = (".csv", ".csv.gz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 _LABEL_TEXT = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0, "false": 0.0, "true": 1.0}
 _EPOCH = pd.Timestamp(0, tz="UTC")
+_CLOCK_WORDS = ("now", "today")
 
 
 class DataError(ValueError):
@@ -203,6 +204,8 @@ def parse_timestamps(values: pd.Series) -> pd.Series:
     # Parse as text so Python numbers in an object column are not mistaken for nanoseconds.
     text = values.astype(str)
     parsed = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")
+    # pandas reads "now" and "today" as the clock's time: an event's time is never the reader's
+    parsed = parsed.mask(text.isin(_CLOCK_WORDS))
     # e.g. year 1: a real date, but outside what nanosecond timestamps hold
     parsed = parsed.where(parsed.between(pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC")))
     seconds = _epoch_seconds(parsed)

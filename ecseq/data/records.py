@@ -9,6 +9,9 @@ same ids, timestamp and feature values:
 
 - ids are text: strings as sent, integral numbers without a fractional part (``7`` and ``7.0``
   are both ``"7"``, like the reader's integral float columns), other numbers as Python prints them;
+  ids and categories are at most MAX_TEXT_CHARS characters (state is kept per user and per event);
+- every text is valid Unicode: JSON's ``"\ud800"`` escape (a lone UTF-16 surrogate) parses in
+  Python but cannot be written as UTF-8 (to a key, a changelog, a file), so it is refused;
 - ``ts`` is epoch seconds: numbers as sent, text parsed like ``parse_timestamps`` (ISO-8601, UTC
   when no zone is given; numeric text as a number);
 - a JSON ``null`` feature value is a missing value (NaN for a numeric, ``None`` for a categorical),
@@ -32,13 +35,17 @@ from ecseq.data.events import EVENT_ID, TS, USER, parse_timestamps
 from ecseq.features import FeatureSpec
 
 MAX_EVENT_BYTES = 64 * 1024
+MAX_TEXT_CHARS = 256  # an id or a category
 
 # Why an event was refused (alongside MISSING_FIELD, BAD_TYPE, NON_FINITE, BAD_TIMESTAMP).
-EMPTY = "empty"  # no value at all (a tombstone) or zero bytes
+TOMBSTONE = "tombstone"  # no value at all (a Kafka record with a null value)
+EMPTY = "empty"  # zero bytes
 OVERSIZE = "oversize"  # more than max_bytes
-BAD_JSON = "bad_json"  # not UTF-8, or not JSON
+BAD_JSON = "bad_json"  # not UTF-8, not JSON, or text that is not valid Unicode (a lone surrogate)
 NOT_OBJECT = "not_object"  # JSON, but not an object
-REASONS = (EMPTY, OVERSIZE, BAD_JSON, NOT_OBJECT, MISSING_FIELD, BAD_TYPE, NON_FINITE, BAD_TIMESTAMP)
+LONG_TEXT = "long_text"  # an id or a category longer than MAX_TEXT_CHARS
+REASONS = (TOMBSTONE, EMPTY, OVERSIZE, BAD_JSON, NOT_OBJECT, MISSING_FIELD, BAD_TYPE, NON_FINITE, LONG_TEXT,
+           BAD_TIMESTAMP)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # ISO-8601 text that datetime.fromisoformat reads exactly as pandas does (at most microseconds);
@@ -80,8 +87,11 @@ _BEYOND_INT64 = 2.0 ** 63
 
 
 def json_object(raw: bytes | bytearray | memoryview | None, max_bytes: int | None = MAX_EVENT_BYTES) -> dict | str:
-    """The JSON object in `raw`, or the reason it is not one (EMPTY, OVERSIZE, BAD_JSON, NOT_OBJECT)."""
-    if raw is None or len(raw) == 0:
+    """The JSON object in `raw`, or the reason it is not one (TOMBSTONE, EMPTY, OVERSIZE, BAD_JSON,
+    NOT_OBJECT)."""
+    if raw is None:
+        return TOMBSTONE
+    if len(raw) == 0:
         return EMPTY
     if max_bytes is not None and len(raw) > max_bytes:
         return OVERSIZE
@@ -98,7 +108,22 @@ def json_object(raw: bytes | bytearray | memoryview | None, max_bytes: int | Non
             value = json.loads(raw.decode("utf-8"))  # explicit: json.loads(bytes) would also take UTF-16/32
         except (UnicodeDecodeError, ValueError, RecursionError):
             return BAD_JSON
+        if isinstance(value, dict) and not _valid_unicode(value):
+            return BAD_JSON
     return value if isinstance(value, dict) else NOT_OBJECT
+
+
+def _valid_unicode(value: dict) -> bool:
+    """No lone surrogate in a top-level name or text (the only ones readers use; orjson, which
+    parses nearly every event, refuses them everywhere, so only json's results need this)."""
+    try:
+        for name, item in value.items():
+            name.encode("utf-8")
+            if type(item) is str:
+                item.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def decode_event(raw: bytes | bytearray | memoryview | None, schema: EventSchema,
@@ -109,8 +134,8 @@ def decode_event(raw: bytes | bytearray | memoryview | None, schema: EventSchema
     BAD_JSON, NOT_OBJECT); every field present, ids and ts not null, NaN or blank (MISSING_FIELD);
     ids and categoricals not lists or objects (BAD_TYPE); each numeric field, in schema order,
     null or a number (BAD_TYPE; a bool is not a number) and finite (NON_FINITE); numeric ids
-    finite (NON_FINITE); ts a finite number or time text (BAD_TIMESTAMP). Fields beyond the
-    schema's are ignored.
+    finite (NON_FINITE); ids and categories as text at most MAX_TEXT_CHARS long (LONG_TEXT); ts
+    a finite number or time text (BAD_TIMESTAMP). Fields beyond the schema's are ignored.
     """
     value = json_object(raw, max_bytes)
     if isinstance(value, str):
@@ -139,11 +164,15 @@ def event_from_object(value: dict, schema: EventSchema) -> Event | str:
         numeric[i] = number
     if any(isinstance(v, float) and not math.isfinite(v) for v in ids):
         return NON_FINITE
+    event_id, user_id = as_text(ids[0]), as_text(ids[1])
+    texts = tuple(v if type(v) is str else None if _missing(v) else as_text(v) for v in categorical)
+    if len(event_id) > MAX_TEXT_CHARS or len(user_id) > MAX_TEXT_CHARS or any(
+            t is not None and len(t) > MAX_TEXT_CHARS for t in texts):
+        return LONG_TEXT
     ts = _timestamp(ts)
     if ts is None:
         return BAD_TIMESTAMP
-    return Event(as_text(ids[0]), as_text(ids[1]), ts, tuple(numeric),
-                 tuple(v if type(v) is str else None if _missing(v) else as_text(v) for v in categorical))
+    return Event(event_id, user_id, ts, tuple(numeric), texts)
 
 
 def as_text(value: str | bool | float) -> str:

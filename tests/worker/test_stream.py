@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import threading
 import time
@@ -49,7 +51,38 @@ def _malformed(good: dict) -> list[tuple[str | None, bytes | dict, str]]:
         ("u-bad", {**good, "event_id": "bad-4", "amount": float("nan")}, "non_finite"),  # NaN on the wire
         ("u-bad", {**good, "event_id": "bad-5", "ts": "someday"}, "bad_timestamp"),
         ("u-bad", {**good, "event_id": "bad-6", "pad": "x" * 70_000}, "oversize"),
+        # lone UTF-16 surrogates: they parse, and would fail later as a key, a changelog value
+        ("u-bad", {**good, "event_id": "bad-7", "user_id": "\ud800"}, "bad_json"),
+        ("u-bad", {**good, "event_id": "\udfff"}, "bad_json"),
+        ("u-bad", {**good, "event_id": "bad-8", "channel": "\udc80web"}, "bad_json"),
+        ("u-bad", {**good, "event_id": "x" * 300}, "long_text"),
+        ("u-bad", {**good, "event_id": "bad-9", "user_id": "u" * 300}, "long_text"),
+        ("u-bad", {**good, "event_id": "bad-10", "ts": "now"}, "bad_timestamp"),
     ]
+
+
+def _large(good: dict) -> list[tuple[bytes, bytes | None, str]]:
+    """(key, value, expected reason) that produce_json cannot send: a null value, and records whose
+    dead letter would exceed the producer's request size unless cut."""
+    return [
+        (b"u-bad", None, "tombstone"),
+        (b"u-bad", json.dumps({**good, "event_id": "bad-11", "pad": "x" * 1_040_000}).encode(), "oversize"),
+        (b"k" * 990_000, b"{not json", "bad_json"),
+    ]
+
+
+def _produce_raw(bootstrap: str, topic: str, records: list[tuple[bytes, bytes | None]]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=1_048_000, acks="all")
+        await producer.start()
+        try:
+            await asyncio.gather(*[await producer.send(topic, value, key=key) for key, value in records])
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())
 
 
 def _offline_scores(store, frame: pd.DataFrame) -> dict[str, tuple[float, float]]:
@@ -72,9 +105,12 @@ def test_malformed_messages_go_to_dead_letters_and_valid_ones_match_offline_scor
     unkeyed = max(last_of.values())  # a user's last event, sent without a key: repartitioned by user
     records[unkeyed] = (None, records[unkeyed][1])
     bad = _malformed(records[0][1])
+    large = _large(records[0][1])
     with deployment.worker() as worker:
         produce_json(deployment.bootstrap, deployment.topic("events"),
                      records[:600] + [(k, v) for k, v, _ in bad] + records[600:])
+        _produce_raw(deployment.bootstrap, deployment.topic("events"), [(k, v) for k, v, _ in large])
+        bad += large
         scores = _wait_for(deployment.bootstrap, deployment.topic("scores"), len(records))
         dead = _wait_for(deployment.bootstrap, deployment.topic("dead_letter"), len(bad))
         status, _ = worker.get("/ready")
@@ -88,8 +124,20 @@ def test_malformed_messages_go_to_dead_letters_and_valid_ones_match_offline_scor
         for stage in ("decode", "state", "featurise", "encode", "attach", "gnn", "produce"):
             assert _metric(worker, "ecseq_worker_stage_duration_seconds_count", stage=stage) > 0
 
-    sent = {(json.dumps(v).encode() if isinstance(v, dict) else v) for _, v, _ in bad}  # as produce_json sends
-    assert {r.value for r in dead} == sent  # the original bytes, untouched
+    # as produce_json sends them; the last two are too large to be resent whole
+    sent = {(json.dumps(v).encode() if isinstance(v, dict) else v) for _, v, _ in bad[:-2]}
+    cut = [r for r in dead if "ecseq.truncated" in dict(r.headers)]
+    assert {r.value for r in dead if r not in cut} == sent  # the bytes, untouched
+    assert len(cut) == 2  # too large to resend: the first bytes, the original's size and digest
+    for record, (key, value, _) in zip(sorted(cut, key=lambda r: len(r.key)), large[1:]):
+        headers = dict(record.headers)
+        for name, original, kept in (("key", key, record.key), ("value", value, record.value)):
+            if f"ecseq.original.{name}.bytes" in headers:
+                assert original.startswith(kept) and len(kept) < len(original)
+                assert int(headers[f"ecseq.original.{name}.bytes"]) == len(original)
+                assert headers[f"ecseq.original.{name}.sha256"].decode() == hashlib.sha256(original).hexdigest()
+            else:
+                assert kept == original
     headers = [dict(r.headers) for r in dead]
     assert Counter(h["ecseq.reason"].decode() for h in headers) == Counter(reason for _, _, reason in bad)
     for h in headers:

@@ -16,11 +16,14 @@ from ecseq.data.records import (
     BAD_TIMESTAMP,
     BAD_TYPE,
     EMPTY,
+    LONG_TEXT,
     MAX_EVENT_BYTES,
+    MAX_TEXT_CHARS,
     MISSING_FIELD,
     NON_FINITE,
     NOT_OBJECT,
     OVERSIZE,
+    TOMBSTONE,
     Event,
     EventSchema,
     decode_event,
@@ -48,8 +51,9 @@ def test_reason_strings_are_the_builders_words():
     assert (MISSING_FIELD, BAD_TYPE, NON_FINITE, BAD_TIMESTAMP) == (
         "missing_field", "bad_type", "non_finite", "bad_timestamp")
     assert (BAD_JSON, NOT_OBJECT, EMPTY, OVERSIZE) == ("bad_json", "not_object", "empty", "oversize")
+    assert (TOMBSTONE, LONG_TEXT) == ("tombstone", "long_text")
     assert set(records.REASONS) == {MISSING_FIELD, BAD_TYPE, NON_FINITE, BAD_TIMESTAMP, BAD_JSON, NOT_OBJECT,
-                                    EMPTY, OVERSIZE}
+                                    TOMBSTONE, EMPTY, OVERSIZE, LONG_TEXT}
 
 
 def test_schema_from_spec_keeps_the_specs_column_order():
@@ -59,7 +63,7 @@ def test_schema_from_spec_keeps_the_specs_column_order():
 
 
 @pytest.mark.parametrize(("raw", "reason"), [
-    (None, EMPTY),
+    (None, TOMBSTONE),
     (b"", EMPTY),
     (b" " * (MAX_EVENT_BYTES + 1), OVERSIZE),
     (b"{not json", BAD_JSON),
@@ -101,6 +105,17 @@ def test_schema_from_spec_keeps_the_specs_column_order():
     (_with(ts=True), BAD_TIMESTAMP),
     (_with(ts=[1]), BAD_TIMESTAMP),
     (_with(ts="inf"), BAD_TIMESTAMP),
+    (_with(ts="now"), BAD_TIMESTAMP),  # pandas reads these as the clock's time
+    (_with(ts="today"), BAD_TIMESTAMP),
+    # a lone UTF-16 surrogate: json reads it, UTF-8 (a key, the changelog) cannot hold it
+    (_with(user_id="\ud800"), BAD_JSON),
+    (_with(event_id="e\udfff"), BAD_JSON),
+    (_with(channel="\udc80web"), BAD_JSON),
+    (_bytes({**GOOD, "\ud800": 1}), BAD_JSON),
+    (_with(event_id="e" * (MAX_TEXT_CHARS + 1)), LONG_TEXT),
+    (_with(user_id="\u00e9" * (MAX_TEXT_CHARS + 1)), LONG_TEXT),
+    (_with(mcc="m" * (MAX_TEXT_CHARS + 1)), LONG_TEXT),
+    (_with(user_id=10 ** 300), LONG_TEXT),  # an integral id is its digits
 ])
 def test_every_reason(raw, reason):
     assert decode_event(raw, SCHEMA) == reason
@@ -182,3 +197,9 @@ def test_many_random_iso_times_agree_with_the_table_reader():
 def test_numeric_times_are_kept():
     assert decode_event(_with(ts=1_704_067_200), SCHEMA).ts == 1_704_067_200.0
     assert decode_event(_with(ts=-5.25), SCHEMA).ts == -5.25
+
+
+def test_escaped_pairs_and_text_at_the_length_limit_are_accepted():
+    emoji = decode_event(_with(user_id="\U0001F600", channel="\U0001F600"), SCHEMA)  # sent as \ud83d\ude00
+    assert emoji.user_id == emoji.categorical[0] == "\U0001F600"
+    assert decode_event(_with(event_id="e" * MAX_TEXT_CHARS), SCHEMA).event_id == "e" * MAX_TEXT_CHARS
