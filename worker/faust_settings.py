@@ -2,7 +2,8 @@
 
 The session timeout is short because a replica that died should lose its partitions within
 seconds, not minutes. Web views are ours (/health, /ready, /metrics); Faust's own stats pages
-are off. Connections use the one Kafka client configuration (kafka_io/client.py).
+are off, and so are its table and router views (/table/<name>/<key>/ would serve any user's
+history to whoever reaches the port). Connections use the one Kafka client configuration (kafka_io/client.py).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def faust_settings(settings: Settings, kafka: KafkaClientConfig, replication_fac
         "web_port": settings.web_port,
         "web_metrics_enabled": False,
         "web_stats_enabled": False,
+        "web_tables_enabled": False,
+        "web_router_enabled": False,
         "worker_redirect_stdouts": False,
         # an agent that raised stops the worker (its unacked batch is redelivered after the
         # restart) instead of being restarted alone with its batch already acknowledged

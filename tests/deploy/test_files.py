@@ -104,6 +104,18 @@ def test_compose_file_is_valid_and_runs_two_workers_a_builder_and_kafka_in_kraft
     assert builder["environment"].get("ECSEQ_BUILDER_METRICS_PORT", "9102") == "9102"
 
 
+def test_compose_publishes_only_loopback_ports_and_none_of_the_ecseq_services(compose):
+    """Prometheus scrapes the workers and the builder inside the compose network: their web ports
+    stay there; what a person opens on the host (Kafka, Prometheus, Grafana) is on 127.0.0.1."""
+    published = {}
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            published[name] = published.get(name, []) + [port if isinstance(port, str) else port["host_ip"]]
+    assert set(published) == {"kafka", "prometheus", "grafana"}, published
+    for name, ports in published.items():
+        assert all(port.startswith("127.0.0.1") for port in ports), (name, ports)
+
+
 def test_compose_configures_ecseq_only_through_real_settings_variables(compose):
     for name, service in compose["services"].items():
         env = service.get("environment") or {}

@@ -116,6 +116,9 @@ def test_malformed_messages_go_to_dead_letters_and_valid_ones_match_offline_scor
         status, _ = worker.get("/ready")
         assert status == 200 and worker.proc.poll() is None  # never died from input
         assert worker.get("/health") == (200, b'{"status":"alive"}')
+        user = records[0][0]  # Faust's table and router views would show this user's history
+        for path in (f"/table/sequences/{user}/", "/table/sequences/", f"/router/sequences/{user}/", "/router/"):
+            assert worker.get(path)[0] == 404, path
         for reason, count in Counter(reason for _, _, reason in bad).items():
             assert _metric(worker, "ecseq_worker_dead_letters_total", reason=reason) == count
         assert _metric(worker, "ecseq_worker_events_total", outcome="scored") == len(records)
