@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import os
 import time
@@ -37,7 +36,7 @@ from worker.metrics import WorkerMetrics, observe_many
 from worker.micro_batches import micro_batches
 from worker.records import TOO_LATE, Source, dead_letter, score_record
 from worker.sequences import TABLE, SequenceTable
-from worker.serving import SWAPPED, ArtifactFollower
+from worker.serving import SWAPPED, ArtifactFollower, announced_version
 
 log = logging.getLogger("ecseq.worker")
 
@@ -127,12 +126,11 @@ class Worker:
 
     async def _announcements(self, stream) -> None:
         async for message in stream:
-            try:
-                version = json.loads(message)["version"]
-            except (ValueError, KeyError, TypeError):
+            version = announced_version(message)
+            self.metrics.announcements.labels("ignored" if version is None else "understood").inc()
+            if version is None:
                 log.warning("ignoring an unreadable announcement on %s", self.settings.artifacts_topic)
-                continue
-            if version != self.follower.version:
+            elif version != self.follower.version:
                 await self._check_artifact()
 
     # --- scoring ----------------------------------------------------------------------------

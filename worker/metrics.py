@@ -46,6 +46,9 @@ class WorkerMetrics:
                                       "Creation time of the served artifact (age = time() - this).", registry=r)
         self.swaps = Counter("ecseq_worker_swaps", "Artifact swaps by result (swapped, refused).",
                              ["result"], registry=r)
+        self.announcements = Counter("ecseq_worker_announcements",
+                                     "Control-topic records by outcome (understood, ignored: not an announcement).",
+                                     ["outcome"], registry=r)
         self.neighbours = Histogram("ecseq_worker_neighbours", "Compressed nodes each scored event attached to.",
                                     buckets=(0, 1, 2, 3, 5, 10, 20, 50, 100), registry=r)
         self.zero_neighbours = Counter("ecseq_worker_zero_neighbour_events",
@@ -64,6 +67,8 @@ class WorkerMetrics:
             self.dead_letters.labels(reason)
         for result in ("swapped", "refused"):
             self.swaps.labels(result)
+        for outcome in ("understood", "ignored"):
+            self.announcements.labels(outcome)
 
     def served(self, version: str, created_at: float) -> None:
         self.artifact.info({"version": version})

@@ -14,12 +14,25 @@ import threading
 from datetime import datetime
 
 from ecseq.artifacts import ArtifactError, ArtifactStore
+from ecseq.artifacts.names import is_version_name
+from ecseq.data.records import json_object
 from ecseq.online import OnlineScorer
 from worker.metrics import WorkerMetrics
 
 log = logging.getLogger("ecseq.worker")
 
 SWAPPED, UNCHANGED, REFUSED, NONE = "swapped", "unchanged", "refused", "none"
+MAX_ANNOUNCEMENT_BYTES = 4096  # an announcement is a version, a path and a digest
+
+
+def announced_version(raw: bytes | None) -> str | None:
+    """The version a control-topic record announces, or None for anything else (any bytes at all:
+    the topic is compacted, so a record that stopped the worker would stop every restart too)."""
+    value = json_object(raw, MAX_ANNOUNCEMENT_BYTES)
+    if isinstance(value, str):
+        return None
+    version = value.get("version")
+    return version if is_version_name(version) else None
 
 
 class ArtifactFollower:

@@ -1,12 +1,15 @@
-"""The worker follows the store's CURRENT: verified swaps, refusals that keep the old artifact."""
+"""The worker follows the store's CURRENT: verified swaps, refusals that keep the old artifact; any
+control-topic record is understood or ignored."""
 
 from __future__ import annotations
+
+import pytest
 
 from ecseq.artifacts import ArtifactStore
 from ecseq_cli import main
 from tests.builds import FAST
 from worker.metrics import WorkerMetrics
-from worker.serving import NONE, REFUSED, SWAPPED, UNCHANGED, ArtifactFollower
+from worker.serving import NONE, REFUSED, SWAPPED, UNCHANGED, ArtifactFollower, announced_version
 
 
 def _swaps(metrics: WorkerMetrics, result: str) -> float:
@@ -42,3 +45,15 @@ def test_follows_current_and_refuses_a_broken_version(store, events_csv, capsys)
 def test_an_empty_store_serves_nothing(tmp_path):
     follower = ArtifactFollower(ArtifactStore(tmp_path / "empty"), WorkerMetrics())
     assert follower.check() == NONE and follower.scorer is None
+
+
+@pytest.mark.parametrize(("raw", "version"), [
+    (b'{"version": "v000007", "path": "/store/versions/v000007", "manifest_sha256": "ab"}', "v000007"),
+    (None, None), (b"", None), (b"\xff", None), (b"[1]", None), (b'"v000007"', None),
+    (b"[" * 3000 + b"]" * 3000, None), (b'{"version": ' + b"[" * 1500 + b"]" * 1500 + b"}", None),
+    (b'{"version": null}', None), (b'{"version": 7}', None), (b'{"version": "v7"}', None),
+    (b'{"version": "../v000007"}', None), (b'{"version": "v000007\\u0000"}', None),
+    (b'{"version": "v000007", "pad": "' + b"x" * 5000 + b'"}', None),
+])
+def test_an_announcement_is_understood_or_ignored_never_raised(raw, version):
+    assert announced_version(raw) == version

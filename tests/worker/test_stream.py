@@ -177,6 +177,17 @@ def _metric(worker, name: str, **labels: str) -> float:
     return 0.0
 
 
+HOSTILE_ANNOUNCEMENTS = [  # the control topic is compacted: one that stopped the worker would stop every restart
+    None,  # a tombstone
+    b"\xff\xfe",
+    b"[" * 2000 + b"]" * 2000,  # deeper than the parsers' recursion, within the size limit
+    b'{"version": ' + b"[" * 1500 + b"]" * 1500 + b"}",
+    b'{"version": 12}',
+    b'{"version": "../../v000001"}',
+    b'{"version": "v000002", "pad": "' + b"x" * 5000 + b'"}',  # larger than any announcement
+]
+
+
 def test_swap_under_load_loses_nothing_and_a_corrupt_announcement_is_refused(deployment, store, events_frame,
                                                                              events_csv, capsys):
     frame = events_frame.sort_values("ts", kind="stable").head(3600).reset_index(drop=True)
@@ -199,10 +210,16 @@ def test_swap_under_load_loses_nothing_and_a_corrupt_announcement_is_refused(dep
         gnn.write_bytes(gnn.read_bytes()[:-7])
         produce_json(deployment.bootstrap, control, [("artifact", {"version": "v000003", "path": str(gnn.parent),
                                                                    "manifest_sha256": "0" * 64})])
+        _produce_raw(deployment.bootstrap, control, [(b"artifact", value) for value in HOSTILE_ANNOUNCEMENTS])
         _produce_steadily(deployment.bootstrap, events, records[3000:])
         scores = _wait_for(deployment.bootstrap, deployment.topic("scores"), len(records))
         assert _metric(worker, "ecseq_worker_swaps_total", result="refused") == 1
         assert _metric(worker, "ecseq_worker_swaps_total", result="swapped") == 2
+        assert _metric(worker, "ecseq_worker_announcements_total", outcome="understood") == 2
+        deadline = time.monotonic() + 30
+        while _metric(worker, "ecseq_worker_announcements_total", outcome="ignored") < len(HOSTILE_ANNOUNCEMENTS):
+            assert time.monotonic() < deadline and worker.proc.poll() is None, "hostile announcements not all read"
+            time.sleep(0.2)
         assert worker.get("/ready")[0] == 200
         assert terminate(worker.proc) == 0  # SIGTERM: in-flight batch done, offsets committed
 
