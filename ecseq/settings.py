@@ -3,14 +3,17 @@
 Each field's environment variable is ``ECSEQ_`` + its name in upper case (``store`` ->
 ``ECSEQ_STORE``); command-line flags default to these values, so a container configures
 everything through its environment. The README's configuration table lists the same names.
+Every value is checked when the object is made (type, then range or form): a bad one is one
+line naming the variable, before any process starts work on it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from ecseq.data.events import DataError
@@ -18,6 +21,9 @@ from ecseq.data.events import DataError
 PREFIX = "ECSEQ_"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_KAFKA_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")  # a topic name (and so the app id, a prefix of some)
+GATE_METRICS = ("ap", "auc", "r_at_p90")
+STATE_STORES = ("rocksdb://", "memory://")
 
 
 def parse_duration(text: str) -> float:
@@ -70,6 +76,12 @@ class Settings:
     session_timeout: str = "6s"  # a dead replica loses its partitions after this (groups form in ~half)
     max_event_bytes: int = 65536  # larger events go to the dead-letter topic
 
+    def __post_init__(self) -> None:
+        for name, rule in _RULES.items():
+            problem = rule(getattr(self, name))
+            if problem:
+                raise DataError(f"{self.variable(name)}={getattr(self, name)!r}: {problem}")
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
@@ -88,3 +100,49 @@ class Settings:
     @staticmethod
     def variable(field_name: str) -> str:
         return PREFIX + field_name.upper()
+
+
+def _between(low: float, high: float) -> Callable[[float], str | None]:
+    def check(value: float) -> str | None:
+        if not math.isfinite(value) or not low <= value <= high:
+            return f"must be a number from {low:g} to {high:g}"
+        return None
+    return check
+
+
+def _duration(value: str) -> str | None:
+    try:
+        parse_duration(value)
+    except DataError as exc:
+        return str(exc)
+    return None
+
+
+def _text(value: str) -> str | None:
+    return None if value.strip() else "must not be empty"
+
+
+def _kafka_name(value: str) -> str | None:
+    return None if _KAFKA_NAME.fullmatch(value) else "must be 1-249 of A-Z a-z 0-9 . _ - (a Kafka topic name)"
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[str], str | None]:
+    return lambda value: None if value in choices else f"must be one of {', '.join(choices)}"
+
+
+_PORT = _between(1, 65535)
+_RULES: dict[str, Callable] = {
+    "store": _text, "broker": _text, "kafka_cache": _text, "data_dir": _text,
+    "metrics_host": _text, "web_host": _text,
+    "replication_factor": _between(0, 32), "min_insync_replicas": _between(0, 32),
+    "events_topic": _kafka_name, "scores_topic": _kafka_name, "labels_topic": _kafka_name,
+    "dead_letter_topic": _kafka_name, "artifacts_topic": _kafka_name, "app_id": _kafka_name,
+    "keep_versions": _between(1, 10_000),
+    "build_every": _duration, "build_since": _duration, "batch_within": _duration,
+    "swap_check_every": _duration, "session_timeout": _duration,
+    "gate_metric": _one_of(GATE_METRICS), "gate_tolerance": _between(0, 1),
+    "builder_metrics_port": _PORT, "web_port": _PORT,
+    "partitions": _between(1, 10_000), "batch_size": _between(1, 100_000),
+    "state_store": _one_of(STATE_STORES), "state_cache_users": _between(1, 100_000_000),
+    "max_event_bytes": _between(64, 16 * 1024 * 1024),
+}

@@ -41,3 +41,45 @@ def test_the_readme_documents_every_variable_with_its_default():
         assert row, f"{name} is missing from the README's configuration table"
         documented = row.group(1) or ""
         assert documented == str(field.default), f"{name}: README says {documented!r}, the code {field.default!r}"
+
+
+@pytest.mark.parametrize(("variable", "value", "problem"), [
+    ("ECSEQ_BATCH_SIZE", "0", "from 1 to 100000"),
+    ("ECSEQ_BATCH_SIZE", "-1", "from 1 to 100000"),
+    ("ECSEQ_PARTITIONS", "0", "from 1 to 10000"),
+    ("ECSEQ_KEEP_VERSIONS", "0", "from 1 to 10000"),
+    ("ECSEQ_STATE_CACHE_USERS", "0", "from 1 to"),
+    ("ECSEQ_MAX_EVENT_BYTES", "-5", "from 64 to"),
+    ("ECSEQ_MAX_EVENT_BYTES", "999999999", "from 64 to"),
+    ("ECSEQ_WEB_PORT", "0", "from 1 to 65535"),
+    ("ECSEQ_BUILDER_METRICS_PORT", "70000", "from 1 to 65535"),
+    ("ECSEQ_REPLICATION_FACTOR", "-1", "from 0 to 32"),
+    ("ECSEQ_GATE_TOLERANCE", "nan", "from 0 to 1"),
+    ("ECSEQ_GATE_TOLERANCE", "inf", "from 0 to 1"),
+    ("ECSEQ_GATE_TOLERANCE", "-0.1", "from 0 to 1"),
+    ("ECSEQ_GATE_METRIC", "f1", "one of ap, auc, r_at_p90"),
+    ("ECSEQ_STATE_STORE", "redis://", "one of rocksdb://, memory://"),
+    ("ECSEQ_EVENTS_TOPIC", "my events", "a Kafka topic name"),
+    ("ECSEQ_APP_ID", "", "a Kafka topic name"),
+    ("ECSEQ_APP_ID", "x" * 250, "a Kafka topic name"),
+    ("ECSEQ_STORE", " ", "must not be empty"),
+    ("ECSEQ_WEB_HOST", "", "must not be empty"),
+    ("ECSEQ_BATCH_WITHIN", "0ms", "not a positive duration"),
+    ("ECSEQ_SESSION_TIMEOUT", "soon", "not a positive duration"),
+    ("ECSEQ_BUILD_EVERY", "-1m", "not a positive duration"),
+])
+def test_every_value_is_checked_and_a_bad_one_names_its_variable(variable, value, problem):
+    with pytest.raises(DataError, match=rf"^{variable}=.*: .*{re.escape(problem)}"):
+        Settings.from_env({variable: value})
+
+
+def test_commands_refuse_a_bad_setting_with_one_line_and_status_2():
+    import os
+    import subprocess
+    import sys
+
+    for command in (["worker"], ["builder", "--once"], ["artifacts", "list"]):
+        done = subprocess.run([sys.executable, "-m", "ecseq_cli", *command], capture_output=True, text=True,
+                              env={**os.environ, "ECSEQ_BATCH_SIZE": "0"}, timeout=120)
+        assert done.returncode == 2, (command, done.stderr)
+        assert done.stderr == "ecseq: error: ECSEQ_BATCH_SIZE=0: must be a number from 1 to 100000\n", command
