@@ -32,6 +32,7 @@ from compression_builder.service import (
 )
 from compression_builder.sources import gather_frame, read_event_file, read_kafka
 from ecseq.artifacts import ArtifactError, ArtifactStore, LoadedArtifact
+from ecseq.artifacts.safe_json import parse_json
 from ecseq.cli import (
     add_encoder_args,
     add_relation_args,
@@ -238,22 +239,43 @@ def cmd_builder(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     store = _store(args)
-    current = store.current()
+    current, broken = _current(store)
     print(f"{'':2}{'version':<10}{'created':<26}{'parent':<10}{'encoder':<10}{'AP':>8}  status")
     for version in store.versions():
         status, manifest = _status(store, version)
-        ap = manifest.get("metrics", {}).get("holdout", {}).get("candidate", {}).get("ap")
+        ap = _holdout_ap(manifest)
         print(f"{'*' if version == current else '':2}{version:<10}{manifest.get('created_at', '?')!s:<26}"
               f"{manifest.get('parent') or '-'!s:<10}{manifest.get('encoder_version', '?')!s:<10}"
               f"{'-' if ap is None else format(ap, '.4f'):>8}  {status}")
     if not store.versions():
         print(f"(no versions in {store.root})")
+    if broken:
+        print(f"CURRENT is broken: {broken}")
     refused = sorted((store.root / REFUSED_DIR).glob(f"*/{REPORT}"))
     if refused:
-        last = json.loads(refused[-1].read_text())
-        print(f"last refused build: {last.get('created_at', '?')} ({', '.join(last.get('refused', []))}); "
-              f"{len(refused)} report(s) under {store.root / REFUSED_DIR}")
+        try:
+            last = parse_json(refused[-1].read_bytes())
+            when, reasons = last["created_at"], ", ".join(map(str, last["refused"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            when, reasons = "?", "its report is unreadable"
+        print(f"last refused build: {when} ({reasons}); {len(refused)} report(s) under {store.root / REFUSED_DIR}")
     return 0
+
+
+def _current(store: ArtifactStore) -> tuple[str | None, str | None]:
+    """(CURRENT's version, None), or (None, why it is broken)."""
+    try:
+        return store.current(), None
+    except ArtifactError as exc:
+        return None, str(exc)
+
+
+def _holdout_ap(manifest: dict) -> float | None:
+    """The candidate's held-out AP the builder records, if the manifest has it as a number."""
+    ap = manifest.get("metrics")
+    for key in ("holdout", "candidate", "ap"):
+        ap = ap.get(key) if isinstance(ap, dict) else None
+    return float(ap) if isinstance(ap, int | float) and not isinstance(ap, bool) else None
 
 
 def _status(store: ArtifactStore, version: str) -> tuple[str, dict]:
@@ -292,9 +314,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     store = _store(args)
-    before = store.current()
+    current, broken = _current(store)
+    before = current or ("a broken CURRENT" if broken else "none")
     loaded: LoadedArtifact = store.rollback(args.version)
-    print(f"CURRENT -> {loaded.version} (was {before or 'none'})")
+    print(f"CURRENT -> {loaded.version} (was {before})")
     if args.announce:
         try:
             kafka_announcer(_kafka(args, args.announce), args.artifacts_topic, _replication(args))(loaded.announcement())

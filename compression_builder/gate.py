@@ -7,9 +7,10 @@ held-out labels than the encoder alone or the artifact now serving, beyond a tol
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-GATE_METRICS = ("ap", "auc", "r_at_p90")
+from ecseq.settings import GATE_METRICS
 
 # Refusal reasons; the same words label the builder's metrics and appear in report.json.
 NO_POSITIVES = "no_positives"
@@ -30,8 +31,8 @@ class GateConfig:
     def __post_init__(self) -> None:
         if self.metric not in GATE_METRICS:
             raise ValueError(f"unknown gate metric {self.metric!r}; choose from {', '.join(GATE_METRICS)}")
-        if self.tolerance < 0:
-            raise ValueError(f"gate tolerance must be >= 0, got {self.tolerance}")
+        if not (math.isfinite(self.tolerance) and 0 <= self.tolerance <= 1):
+            raise ValueError(f"gate tolerance must be a number from 0 to 1, got {self.tolerance}")
 
 
 def check_data(labelled: int, fit_positives: int, holdout_labels: set[int], config: GateConfig) -> list[str]:

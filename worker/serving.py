@@ -4,7 +4,9 @@ The store's CURRENT is the truth. A timer and the control topic's announcements 
 "look now": `check` loads and fully verifies CURRENT (checksums, shapes, golden scores) in a
 worker thread, builds the scorer, and only then replaces the one reference the agent reads at
 the start of every batch. A refused version is logged and counted once and the old one keeps
-serving; a replayed stale announcement cannot move the worker off CURRENT.
+serving; a replayed stale announcement cannot move the worker off CURRENT. Whatever CURRENT or
+a version holds, `check` returns a result and never raises: a refused version is remembered by
+its on-disk fingerprint and not verified again until it changes.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class ArtifactFollower:
         self.store = store
         self.metrics = metrics
         self.scorer: OnlineScorer | None = None  # the agent reads this once per batch
-        self._refused: tuple[str | None, str] | None = None  # (version, reason) already reported
+        self._refused: tuple[str, str] | None = None  # (what, fingerprint or message) already refused
         self._lock = threading.Lock()
 
     @property
@@ -50,24 +52,25 @@ class ArtifactFollower:
     def check(self) -> str:
         """Serve CURRENT if it changed and verifies; blocking (run it off the event loop)."""
         with self._lock:
-            current = self.store.current()
+            try:
+                current = self.store.current()
+            except ArtifactError as exc:
+                return self._refuse(("CURRENT", str(exc)), exc)
             if current is None:
-                if self._refused != (None, NONE):
-                    self._refused = (None, NONE)
+                if self._refused != ("", NONE):
+                    self._refused = ("", NONE)
                     log.warning("no artifact in %s yet; not consuming until one is published "
                                 "(ecseq train-encoder)", self.store.root)
                 return NONE
             if current == self.version:
                 return UNCHANGED
+            seen = (current, self.store.fingerprint(current))
+            if self._refused == seen:
+                return REFUSED
             try:
                 loaded = self.store.load(current)
             except ArtifactError as exc:
-                if self._refused != (current, exc.reason):
-                    self._refused = (current, exc.reason)
-                    self.metrics.swaps.labels(REFUSED).inc()
-                    log.error("refused artifact %s (%s); still serving %s: %s", current, exc.reason,
-                              self.version or "nothing", exc)
-                return REFUSED
+                return self._refuse(seen, exc)
             scorer = OnlineScorer(loaded)
             previous, self.scorer = self.version, scorer
             self._refused = None
@@ -75,6 +78,15 @@ class ArtifactFollower:
             self.metrics.served(loaded.version, _timestamp(loaded.manifest.get("created_at")))
             log.info("serving artifact %s (was %s)", loaded.version, previous or "nothing")
             return SWAPPED
+
+    def _refuse(self, seen: tuple[str, str], exc: ArtifactError) -> str:
+        """Count and log a refusal once per thing refused (a version as it is on disk, or CURRENT's problem)."""
+        if self._refused != seen:
+            self._refused = seen
+            self.metrics.swaps.labels(REFUSED).inc()
+            log.error("refused artifact %s (%s); still serving %s: %s", seen[0], exc.reason,
+                      self.version or "nothing", exc)
+        return REFUSED
 
 
 def _timestamp(iso: str | None) -> float:

@@ -27,6 +27,9 @@ from ecseq.gnn import LAYERS, RelationGNN
 from ecseq.graph import Attachment
 
 FORMAT_VERSION = 1
+# An artifact is a few MB (weights, centroids, golden windows); these bound what a reader loads.
+MAX_FILE_BYTES = 256 << 20
+MAX_ARTIFACT_BYTES = 512 << 20
 
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _GNN_PARAMS = {name: p for name, p in inspect.signature(RelationGNN.__init__).parameters.items() if name != "self"}
@@ -134,7 +137,8 @@ def _check_schema(m: dict, version: str) -> tuple[SequenceEncoder, RelationGNN, 
     need(isinstance(m["version"], str), "version is not a string")
     need(m["parent"] is None or is_version_name(m["parent"]), f"parent {m['parent']!r} is not a version name")
     need(is_version_name(m["encoder_version"]), f"encoder_version {m['encoder_version']!r} is not a version name")
-    need(isinstance(m["created_at"], str), "created_at is not a string")
+    need(isinstance(m["created_at"], str) and _is_time(m["created_at"]),
+         f"created_at {str(m['created_at'])[:40]!r} is not an ISO-8601 time")
     need(isinstance(m["data"], dict), "data is not an object")
     need(isinstance(m["metrics"], dict), "metrics is not an object")
     files = m["files"]
@@ -144,6 +148,10 @@ def _check_schema(m: dict, version: str) -> tuple[SequenceEncoder, RelationGNN, 
              and _SHA256_RE.fullmatch(entry["sha256"]) is not None and _is_int(entry.get("size"), 0),
              f"files[{name!r}] needs a hex sha256 and an int size")
     need(MANIFEST not in files, f"files lists {MANIFEST} itself")
+    for name, entry in files.items():
+        need(entry["size"] <= MAX_FILE_BYTES, f"files[{name!r}] is {entry['size']} bytes, more than {MAX_FILE_BYTES}")
+    need(sum(entry["size"] for entry in files.values()) <= MAX_ARTIFACT_BYTES,
+         f"files add up to more than {MAX_ARTIFACT_BYTES} bytes")
     for name in REQUIRED_FILES:
         need(name in files, f"files does not list {name}")
     model = m["model"]
@@ -189,3 +197,11 @@ def _check_schema(m: dict, version: str) -> tuple[SequenceEncoder, RelationGNN, 
     except (TypeError, ValueError, RuntimeError) as exc:
         raise refuse(version, "bad_manifest", f"{MANIFEST}: model.gnn cannot be built ({exc})") from None
     return encoder, relation_gnn, attachment
+
+
+def _is_time(text: str) -> bool:
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True

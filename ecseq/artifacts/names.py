@@ -18,7 +18,7 @@ GRAPH = "graph.npz"
 GOLDEN = "golden.npz"
 REQUIRED_FILES = (FEATURE_SPEC, ENCODER, GNN, GRAPH, GOLDEN)
 
-REASONS = ("not_found", "missing_manifest", "bad_manifest", "unsupported_format", "version_mismatch",
+REASONS = ("not_found", "bad_current", "missing_manifest", "bad_manifest", "unsupported_format", "version_mismatch",
            "unsafe_path", "missing_file", "size_mismatch", "checksum_mismatch", "unsafe_weights",
            "bad_weights", "shape_mismatch", "non_finite", "bad_graph", "golden_mismatch")
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import stat
 import time
@@ -34,6 +33,7 @@ from ecseq.artifacts.names import (
     refuse,
     unsafe_name_problem,
 )
+from ecseq.artifacts.safe_json import parse_json
 from ecseq.artifacts.safe_npz import read_npz
 from ecseq.encoders.models import SequenceEncoder
 from ecseq.features import FeatureSpec
@@ -43,7 +43,7 @@ from ecseq.relation import RelationModel
 from ecseq.scoring import Scorer
 
 GOLDEN_TOLERANCE = 1e-5
-MAX_MANIFEST_BYTES = 16 << 20
+MAX_MANIFEST_BYTES = 1 << 20
 
 _TORCH_TO_NUMPY = {torch.float32: np.dtype("<f4"), torch.float64: np.dtype("<f8"), torch.float16: np.dtype("<f2"),
                    torch.int64: np.dtype("<i8"), torch.int32: np.dtype("<i4"), torch.uint8: np.dtype("u1"),
@@ -81,8 +81,9 @@ def _lstat(dfd: int, name: str) -> os.stat_result | None:
         return None
 
 
-def _read(dfd: int, name: str, version: str) -> bytes:
-    """Read a regular file in the directory, never following a symlink nor blocking on a fifo."""
+def _read(dfd: int, name: str, version: str, limit: int) -> bytes:
+    """Read a regular file in the directory, never following a symlink nor blocking on a fifo, and
+    never more than `limit` + 1 bytes (a file that grew after its size was checked is refused)."""
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
     except FileNotFoundError:
@@ -90,11 +91,12 @@ def _read(dfd: int, name: str, version: str) -> bytes:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise refuse(version, "unsafe_path", f"{name} is a symlink") from None
-        raise
+        raise refuse(version, "missing_file", f"{name} cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # checked before fdopen, which refuses a directory itself
+        os.close(fd)
+        raise refuse(version, "unsafe_path", f"{name} is not a regular file")
     with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            raise refuse(version, "unsafe_path", f"{name} is not a regular file")
-        return fh.read()
+        return fh.read(limit + 1)
 
 
 def _read_manifest(dfd: int, version: str) -> tuple[dict, str]:
@@ -103,13 +105,13 @@ def _read_manifest(dfd: int, version: str) -> tuple[dict, str]:
         raise refuse(version, "missing_manifest", f"{MANIFEST} is missing")
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
         raise refuse(version, "unsafe_path", f"{MANIFEST} is not a regular file")
-    if st.st_size > MAX_MANIFEST_BYTES:
-        raise refuse(version, "bad_manifest", f"{MANIFEST} is {st.st_size} bytes")
-    raw = _read(dfd, MANIFEST, version)
+    raw = _read(dfd, MANIFEST, version, MAX_MANIFEST_BYTES)
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise refuse(version, "bad_manifest", f"{MANIFEST} is larger than {MAX_MANIFEST_BYTES} bytes")
     try:
-        parsed = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise refuse(version, "bad_manifest", f"{MANIFEST} is not JSON ({exc})") from None
+        parsed = parse_json(raw)
+    except ValueError as exc:
+        raise refuse(version, "bad_manifest", f"{MANIFEST} is not JSON within limits ({exc})") from None
     if not isinstance(parsed, dict):
         raise refuse(version, "bad_manifest", f"{MANIFEST} is not a JSON object")
     return parsed, hashlib.sha256(raw).hexdigest()
@@ -151,7 +153,7 @@ def _read_files(dfd: int, files: dict, version: str) -> dict[str, bytes]:
                                                    f"bytes, found {st.st_size})")
     contents = {}
     for name, entry in files.items():
-        data = _read(dfd, name, version)
+        data = _read(dfd, name, version, entry["size"])
         if len(data) != entry["size"]:
             raise refuse(version, "size_mismatch", f"size mismatch in {name} (expected {entry['size']} bytes, "
                                                    f"read {len(data)})")
@@ -224,6 +226,7 @@ def read_artifact(path: Path, version: str, timings: dict[str, float] | None = N
     model = m["model"]
     arrays = {name: read_npz(contents[name], name, version) for name in (ENCODER, GNN, GRAPH, GOLDEN)}
     try:
+        parse_json(contents[FEATURE_SPEC])  # within limits, before the spec's own parse
         spec = FeatureSpec.from_json(contents[FEATURE_SPEC].decode("utf-8"))
         spec_dim = spec.dim
     except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:

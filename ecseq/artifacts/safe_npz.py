@@ -2,7 +2,9 @@
 
 Archives are written with allow_pickle=False; on reading, every zip member's .npy header is
 checked before numpy parses it and the archive is then loaded with allow_pickle=False, so no
-byte of an artifact is ever unpickled or executed.
+byte of an artifact is ever unpickled or executed. Members must be stored, not compressed (as
+np.savez writes them), and hold exactly the bytes their header describes: what numpy then
+reads is bounded by the archive's own size, whatever a zip header or an .npy header claims.
 """
 
 from __future__ import annotations
@@ -55,10 +57,15 @@ def read_npz(data: bytes, name: str, version: str) -> dict[str, np.ndarray]:
             names = [info.filename for info in infos]
             if len(set(names)) != len(names):
                 raise refuse(version, "bad_weights", f"{name} has duplicate members")
+            if sum(info.file_size for info in infos) > len(data):
+                raise refuse(version, "bad_weights", f"{name}: its members claim more bytes than the archive has")
             for info in infos:
                 member = info.filename
                 if not member.endswith(".npy") or unsafe_name_problem(member) is not None:
                     raise refuse(version, "bad_weights", f"{name} has an unexpected member {member!r}")
+                if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+                    raise refuse(version, "bad_weights", f"{name}: member {member} is compressed (ecseq stores "
+                                                         "arrays uncompressed)")
                 with zf.open(info) as fh:
                     head = fh.read(16 + 65536)
                 if not head.startswith(np.lib.format.MAGIC_PREFIX):
@@ -76,8 +83,9 @@ def read_npz(data: bytes, name: str, version: str) -> dict[str, np.ndarray]:
                 if dtype.hasobject:
                     raise refuse(version, "unsafe_weights", f"{name}: member {member} is an object array "
                                                             "(pickled objects), refused unread")
-                if math.prod(shape) * dtype.itemsize > info.file_size:
-                    raise refuse(version, "bad_weights", f"{name}: member {member} is shorter than its header")
+                if fp.tell() + math.prod(shape) * dtype.itemsize != info.file_size:
+                    raise refuse(version, "bad_weights", f"{name}: member {member} is {info.file_size} bytes, "
+                                                         f"its header describes {shape} {dtype}")
     except ArtifactError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, SyntaxError,

@@ -15,10 +15,13 @@ was made visible by an atomic rename of a fully written, fsynced file or directo
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import hashlib
 import logging
 import os
 import shutil
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +44,7 @@ from ecseq.artifacts.names import (
     version_name,
     version_number,
 )
-from ecseq.artifacts.reader import read_artifact, read_manifest
+from ecseq.artifacts.reader import MAX_MANIFEST_BYTES, read_artifact, read_manifest
 from ecseq.scoring import Scorer
 
 log = logging.getLogger("ecseq.artifacts")
@@ -51,6 +54,7 @@ VERSIONS = "versions"
 STAGING = ".staging"
 STORE_LOCK = ".store.lock"
 BUILD_LOCK = ".build.lock"
+MAX_CURRENT_BYTES = 64  # a version name and a newline
 
 
 class StoreBusy(Exception):
@@ -127,15 +131,29 @@ class ArtifactStore:
         return sorted(names, key=version_number)
 
     def current(self) -> str | None:
-        """The version CURRENT points at, None if there is no CURRENT yet."""
+        """The version CURRENT points at, None if there is no CURRENT yet; ArtifactError
+        ``bad_current`` if it is anything but a small regular file holding a version name."""
         try:
-            text = (self.root / CURRENT).read_text(encoding="utf-8", errors="replace").strip()
+            fd = os.open(self.root / CURRENT, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             return None
-        if not is_version_name(text):
-            raise ArtifactError("not_found", f"artifact store {self.root}: {CURRENT} holds {text[:40]!r}, "
-                                             "not a version name")
+        except OSError as exc:
+            what = "a symlink" if exc.errno == errno.ELOOP else f"unreadable ({exc.strerror})"
+            raise self._bad_current(f"is {what}") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise self._bad_current("is not a regular file")
+            raw = os.read(fd, MAX_CURRENT_BYTES + 1)
+        finally:
+            os.close(fd)
+        text = raw.decode("utf-8", errors="replace").strip()
+        if len(raw) > MAX_CURRENT_BYTES or not is_version_name(text):
+            raise self._bad_current(f"holds {text[:40]!r}, not a version name")
         return text
+
+    def _bad_current(self, problem: str) -> ArtifactError:
+        return ArtifactError("bad_current", f"artifact store {self.root}: {CURRENT} {problem} "
+                                            "(`ecseq artifacts rollback` points it at the newest good version)")
 
     def path(self, version: str) -> Path:
         return self._versions / version
@@ -181,11 +199,35 @@ class ArtifactStore:
         self._check_name(version)
         path = self.path(version)
         try:
-            manifest, sha, bundle, scorer = read_artifact(path, version)
+            try:
+                manifest, sha, bundle, scorer = read_artifact(path, version)
+            except OSError as exc:  # permissions, I/O errors: a refusal like any other
+                raise ArtifactError("missing_file", f"artifact {version}: cannot be read ({exc})", version) from None
         except ArtifactError as exc:
             log.warning("refused %s [%s]: %s", version, exc.reason, exc)
             raise
         return LoadedArtifact(version, path, manifest, sha, bundle, scorer)
+
+    def fingerprint(self, version: str) -> str:
+        """A digest of `version` as it is on disk now (its manifest's bytes and every entry's size,
+        time and inode) without verifying anything: a refused version is not verified again
+        (a load costs a full read and the golden scoring) until this changes."""
+        digest = hashlib.sha256()
+        path = self.path(version)
+        try:
+            with os.scandir(path) as entries:
+                for entry in sorted(entries, key=lambda e: e.name):
+                    st = entry.stat(follow_symlinks=False)
+                    digest.update(f"{entry.name}\0{st.st_mode}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
+            fd = os.open(path / MANIFEST, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            try:
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    digest.update(os.read(fd, MAX_MANIFEST_BYTES + 1))
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            digest.update(f"unreadable: {exc.errno}".encode())
+        return digest.hexdigest()
 
     # -- writing (store lock) ------------------------------------------------------------------
 
@@ -282,17 +324,25 @@ class ArtifactStore:
         return loaded
 
     def rollback(self, version: str | None = None) -> LoadedArtifact:
-        """Point CURRENT back at `version`, or (None) at the newest older version that verifies."""
+        """Point CURRENT back at `version`, or (None) at the newest older version that verifies; a
+        broken CURRENT (unreadable, not a version name) is repaired with the newest that verifies."""
         with self._store_lock():
             if version is not None:
                 loaded = self._verify(version)
             else:
-                current = self.current()
-                if current is None:
-                    raise ArtifactError("not_found", f"artifact store {self.root}: no {CURRENT} to roll back from")
+                try:
+                    current = self.current()
+                    if current is None:
+                        raise ArtifactError("not_found", f"artifact store {self.root}: no {CURRENT} to roll back "
+                                                         "from")
+                    below = version_number(current)
+                except ArtifactError as exc:
+                    if exc.reason != "bad_current":
+                        raise
+                    current, below = "a broken CURRENT", None
                 loaded = None
                 for candidate in reversed(self.versions()):
-                    if version_number(candidate) >= version_number(current):
+                    if below is not None and version_number(candidate) >= below:
                         continue
                     try:
                         loaded = self._verify(candidate)
@@ -313,7 +363,12 @@ class ArtifactStore:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         _write_file(tmp, f"{version}\n".encode())
-        os.replace(tmp, self.root / CURRENT)
+        current = self.root / CURRENT
+        if current.is_dir() and not current.is_symlink():  # a broken CURRENT being repaired: rename cannot replace it
+            broken = self._staging / f"{CURRENT}.broken.{os.getpid()}"
+            os.rename(current, broken)
+            _remove(broken)
+        os.replace(tmp, current)
         _fsync_dir(self.root)
         log.info("%s: CURRENT %s -> %s", reason, previous, version)
 

@@ -41,6 +41,31 @@ def test_rollback_without_an_older_version_is_refused(store, capsys):
     assert ArtifactStore(store).current() == "v000001"
 
 
+def test_a_broken_current_is_listed_and_rollback_repairs_it(store, capsys):
+    (store / "CURRENT").unlink()
+    (store / "CURRENT").mkdir()  # what a bad copy or a stray mkdir leaves
+    assert main(["artifacts", "list", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "CURRENT is broken" in out and "  v000001" in out
+    assert main(["artifacts", "verify", "--store", str(store)]) == 2
+    assert "CURRENT is not a regular file" in capsys.readouterr().err
+    assert main(["artifacts", "rollback", "--store", str(store)]) == 0
+    assert capsys.readouterr().out == "CURRENT -> v000001 (was a broken CURRENT)\n"
+    assert ArtifactStore(store).current() == "v000001"
+
+
+def test_list_shows_a_manifest_with_odd_metrics(store, capsys):
+    from tests.ecseq.artifacts.conftest import read_manifest, write_manifest
+
+    vdir = store / "versions" / "v000001"
+    manifest = read_manifest(vdir)
+    for metrics in ({"holdout": [1, 2]}, {"holdout": {"candidate": {"ap": "high"}}}, {"holdout": None}):
+        manifest["metrics"] = metrics
+        write_manifest(vdir, manifest)
+        assert main(["artifacts", "list", "--store", str(store)]) == 0
+        assert "* v000001" in capsys.readouterr().out
+
+
 def test_unknown_version_is_named(store, capsys):
     assert main(["artifacts", "show", "v000099", "--store", str(store)]) == 2
     assert "v000099" in capsys.readouterr().err

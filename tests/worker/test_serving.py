@@ -34,8 +34,23 @@ def test_follows_current_and_refuses_a_broken_version(store, events_csv, capsys)
     before = follower.scorer
     assert follower.check() == REFUSED
     assert follower.scorer is before and follower.version == "v000001"  # never half-swapped
+    loads = []
+    follower.store.load = lambda version=None, load=follower.store.load: loads.append(version) or load(version)
     assert follower.check() == REFUSED
     assert _swaps(metrics, REFUSED) == 1  # reported once, not every poll
+    assert loads == []  # ... and not verified again while it is unchanged on disk
+    gnn.write_bytes(bytes(data[:-1]))  # changed, still broken: verified again, refused again
+    assert follower.check() == REFUSED and loads == ["v000003"] and _swaps(metrics, REFUSED) == 2
+
+    for attack in ("../../etc\n", "", None):  # a broken CURRENT: refused once each, the old version serves
+        (store / "CURRENT").unlink()
+        if attack is None:
+            (store / "CURRENT").mkdir()
+        else:
+            (store / "CURRENT").write_text(attack)
+        assert follower.check() == REFUSED and follower.check() == REFUSED
+        assert follower.scorer is before
+    assert _swaps(metrics, REFUSED) == 5
 
     ArtifactStore(store).rollback("v000002")
     assert follower.check() == SWAPPED and follower.version == "v000002"

@@ -141,6 +141,53 @@ def _pickle_member_only(vdir: Path, marker: Path) -> None:
     rewrite(vdir, "golden.npz", buf.getvalue())
 
 
+def _manifest_text(vdir: Path, old: str, new: str) -> None:
+    """Edit the manifest as text, for what json.dumps would never write."""
+    text = (vdir / "manifest.json").read_text()
+    assert old in text
+    (vdir / "manifest.json").write_text(text.replace(old, new, 1))
+
+
+def _savez_compressed(arrays: dict) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def _npz_bomb(arrays: dict) -> bytes:
+    """A deflated member whose 1 GB of zeros compresses to ~1 MB: refused without inflating it."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for key, array in arrays.items():
+            inner = io.BytesIO()
+            np.save(inner, array)
+            zf.writestr(f"{key}.npy", inner.getvalue())
+        with zf.open("bomb.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array_header_1_0(member, {"descr": "<f4", "fortran_order": False,
+                                                          "shape": (1 << 28,)})
+            chunk = bytes(1 << 20)
+            for _ in range(1 << 10):
+                member.write(chunk)
+    return buf.getvalue()
+
+
+def _npz_claims_more(vdir: Path, _marker: Path) -> None:
+    """A stored member whose .npy header says 10^12 floats: numpy would try to allocate them."""
+    arrays = load_npz(vdir / "gnn.npz")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for key, array in arrays.items():
+            inner = io.BytesIO()
+            if key == "out.bias":
+                np.lib.format.write_array_header_1_0(inner, {"descr": "<f4", "fortran_order": False,
+                                                             "shape": (10 ** 12,)})
+                inner.write(array.tobytes())
+            else:
+                np.save(inner, array)
+            zf.writestr(f"{key}.npy", inner.getvalue())
+    rewrite(vdir, "gnn.npz", buf.getvalue())
+
+
 FAULTS = {
     "truncated": (lambda v, m: _truncate(v, "encoder.npz", rehash=False), "size_mismatch"),
     "grown": (lambda v, m: rewrite(v, "graph.npz", (v / "graph.npz").read_bytes() + b"\0", rehash=False),
@@ -195,6 +242,26 @@ FAULTS = {
     "pickle_member_only": (_pickle_member_only, "unsafe_weights"),
     "not_a_zip": (lambda v, m: rewrite(v, "gnn.npz", os.urandom(64).replace(b"\x80", b"\x00")), "bad_weights"),
     "spec_garbage": (lambda v, m: rewrite(v, "feature_spec.json", b'{"numeric": 3}'), "bad_weights"),
+    "spec_deep": (lambda v, m: rewrite(v, "feature_spec.json", b"[" * 50_000 + b"]" * 50_000), "bad_weights"),
+    "spec_huge_number": (lambda v, m: rewrite(v, "feature_spec.json", b'{"numeric": ' + b"9" * 10_000 + b"}"),
+                         "bad_weights"),
+    "manifest_deep": (lambda v, m: (v / "manifest.json").write_bytes(b"[" * 50_000 + b"]" * 50_000),
+                      "bad_manifest"),
+    "manifest_nested_data": (_manifest(lambda m: m["data"].update(x=json.loads("[" * 100 + "]" * 100))),
+                             "bad_manifest"),
+    "manifest_huge_int": (lambda v, m: _manifest_text(v, '"data": {', '"data": {"n": ' + "7" * 5000 + ", "),
+                          "bad_manifest"),
+    "manifest_infinity": (lambda v, m: _manifest_text(v, '"data": {', '"data": {"x": 1e999, '), "bad_manifest"),
+    "manifest_nan": (lambda v, m: _manifest_text(v, '"data": {', '"data": {"x": NaN, '), "bad_manifest"),
+    "manifest_created_at": (_manifest(lambda m: m.update(created_at="yesterday")), "bad_manifest"),
+    "manifest_huge_file_size": (_manifest(lambda m: m["files"]["report.json"].update(size=1 << 40)),
+                                "bad_manifest"),
+    "manifest_oversized": (lambda v, m: _manifest_text(v, '"data": {', '"data": {"pad": "' + "x" * (2 << 20) + '", '),
+                           "bad_manifest"),
+    "compressed_npz": (lambda v, m: rewrite(v, "graph.npz", _savez_compressed(load_npz(v / "graph.npz"))),
+                       "bad_weights"),
+    "npz_bomb": (lambda v, m: rewrite(v, "golden.npz", _npz_bomb(load_npz(v / "golden.npz"))), "bad_weights"),
+    "npz_header_claims_more": (_npz_claims_more, "bad_weights"),
 }
 
 
@@ -282,13 +349,42 @@ def test_symlinked_version_directory_is_refused(store, bundle, golden):
     assert info.value.reason == "unsafe_path"
 
 
-def test_garbage_current_is_refused(store, bundle, golden):
+def _current_symlink_out(current: Path) -> None:
+    outside = current.parent.parent / "elsewhere"
+    outside.write_text("v000001\n")  # a good name, but CURRENT must be the store's own file
+    current.symlink_to(outside)
+
+
+BAD_CURRENTS = {
+    "garbage": lambda current: current.write_text("../../etc\n"),
+    "empty": lambda current: current.write_bytes(b""),
+    "binary": lambda current: current.write_bytes(os.urandom(32)),
+    "directory": lambda current: current.mkdir(),
+    "symlink": _current_symlink_out,
+    "fifo": lambda current: os.mkfifo(current),
+    "huge": lambda current: current.write_bytes(b"v000001" + b" " * (64 << 20)),  # the name, then 64 MB
+    "long_name": lambda current: current.write_text("v" + "1" * 100 + "\n"),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(BAD_CURRENTS))
+def test_a_broken_current_is_refused_and_rollback_repairs_it(store, bundle, golden, attack):
     publish(store, bundle, golden)
-    (store.root / "CURRENT").write_text("../../etc\n")
+    publish(store, bundle, golden)
+    current = store.root / "CURRENT"
+    current.unlink()
+    BAD_CURRENTS[attack](current)
     with pytest.raises(ArtifactError) as info:
         store.load()
-    assert info.value.reason == "not_found"
-    assert publish(store, bundle, golden).version == "v000002"  # publishing repairs it
+    assert info.value.reason == "bad_current" and "CURRENT" in str(info.value)
+    assert store.rollback().version == "v000002"  # the newest that verifies
+    assert store.load().version == "v000002"
+
+
+def test_publishing_repairs_a_garbage_current(store, bundle, golden):
+    publish(store, bundle, golden)
+    (store.root / "CURRENT").write_text("../../etc\n")
+    assert publish(store, bundle, golden).version == "v000002"
     assert store.load().version == "v000002"
 
 
