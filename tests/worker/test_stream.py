@@ -35,7 +35,7 @@ def _wait_for(bootstrap: str, topic: str, count: int, timeout: float = 90.0) -> 
 
 
 def _malformed(good: dict) -> list[tuple[str | None, bytes | dict, str]]:
-    """(key, value, expected reason): at least ten kinds of bad input."""
+    """(key, value, expected reason): with _large, 40 kinds of hostile input."""
     without = lambda *keys: {k: v for k, v in good.items() if k not in keys}
     return [
         ("u-bad", b"{not json", "bad_json"),
@@ -58,6 +58,31 @@ def _malformed(good: dict) -> list[tuple[str | None, bytes | dict, str]]:
         ("u-bad", {**good, "event_id": "x" * 300}, "long_text"),
         ("u-bad", {**good, "event_id": "bad-9", "user_id": "u" * 300}, "long_text"),
         ("u-bad", {**good, "event_id": "bad-10", "ts": "now"}, "bad_timestamp"),
+        ("u-bad", {**good, "event_id": "bad-12", "ts": "today"}, "bad_timestamp"),
+        ("u-bad", {**good, "event_id": "bad-13", "ts": True}, "bad_timestamp"),
+        ("u-bad", {**good, "event_id": "bad-14", "ts": [1]}, "bad_timestamp"),
+        ("u-bad", {**good, "event_id": "bad-15", "ts": 1e308 * 10}, "bad_timestamp"),  # inf on the wire
+        ("u-bad", {**good, "event_id": "bad-16", "ts": "9999-99-99"}, "bad_timestamp"),
+        ("u-bad", {**good, "event_id": "bad-17", "ts": float("nan")}, "missing_field"),
+        ("u-bad", {**good, "event_id": "", "user_id": "u1"}, "missing_field"),
+        ("u-bad", {**good, "event_id": "bad-18", "user_id": "   "}, "missing_field"),
+        ("u-bad", without("ts"), "missing_field"),
+        ("u-bad", {**good, "event_id": "bad-19", "amount": "12"}, "bad_type"),
+        ("u-bad", {**good, "event_id": ["bad-20"]}, "bad_type"),
+        ("u-bad", {**good, "event_id": "bad-21", "channel": ["web"]}, "bad_type"),
+        ("u-bad", b'{"event_id": "bad-22", "amount": 1e999}' , "missing_field"),  # absent fields first
+        ("u-bad", json.dumps({**good, "event_id": "bad-23"}).replace('"amount": ', '"amount": 1e999, "x": ')
+         .encode(), "non_finite"),
+        ("u-bad", json.dumps({**good, "event_id": "bad-24"}).replace('"amount": ', '"amount": ' + "9" * 400 + ', "x": ')
+         .encode(), "non_finite"),  # an integer beyond float range
+        ("u-bad", b"\xef\xbb\xbf" + json.dumps({**good, "event_id": "bad-25"}).encode(), "bad_json"),  # a BOM
+        ("u-bad", json.dumps({**good, "event_id": "bad-26"}).encode("utf-16"), "bad_json"),
+        ("u-bad", b'{"a": ' * 5_000 + b"1" + b"}" * 5_000, "bad_json"),  # deeper than any parser's recursion
+        ("u-bad", b"[" * 70_000 + b"]" * 70_000, "oversize"),
+        ("u-bad", b"true", "not_object"),
+        ("u-bad", b"123", "not_object"),
+        ("u-bad", b"null", "not_object"),
+        ("u-bad", b"\x00" * 16, "bad_json"),
     ]
 
 
@@ -126,6 +151,12 @@ def test_malformed_messages_go_to_dead_letters_and_valid_ones_match_offline_scor
         assert _metric(worker, "ecseq_worker_event_to_score_seconds_count") == len(records)
         for stage in ("decode", "state", "featurise", "encode", "attach", "gnn", "produce"):
             assert _metric(worker, "ecseq_worker_stage_duration_seconds_count", stage=stage) > 0
+        assert terminate(worker.proc) == 0
+    with deployment.worker() as again:  # a restart: nothing committed is replayed, nothing stops it
+        time.sleep(3)
+        assert again.get("/ready")[0] == 200 and again.proc.poll() is None
+        assert _metric(again, "ecseq_worker_events_total", outcome="dead_letter") == 0
+    assert len(read_topic(deployment.bootstrap, deployment.topic("dead_letter"))) == len(bad)
 
     # as produce_json sends them; the last two are too large to be resent whole
     sent = {(json.dumps(v).encode() if isinstance(v, dict) else v) for _, v, _ in bad[:-2]}
