@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install system-tools apt-tools evaluate test bench demo clean
+.PHONY: install system-tools apt-tools evaluate test fuzz bench demo clean
 
 # install: the venv, then Java 17+ and Maven where missing (Debian packages), then Apache Kafka's
 # jars through Maven (kafka_io/kafka/pom.xml) into ~/.cache/ecseq/kafka (ECSEQ_KAFKA_CACHE).
@@ -47,6 +47,10 @@ evaluate: install
 
 test: install system-tools
 	$(BIN)/pytest -q -p no:cacheprovider
+
+# the property-based tests with 100x the inputs, drawn at random (CI runs a fixed, bounded set)
+fuzz: install
+	ECSEQ_FUZZ=long $(BIN)/pytest -q -p no:cacheprovider -m fuzz --hypothesis-show-statistics
 
 demo: install
 	$(BIN)/ecseq demo

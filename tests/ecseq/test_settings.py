@@ -3,9 +3,12 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ecseq.data.events import DataError
 from ecseq.settings import Settings, parse_duration
+from tests.fuzz import fuzz
 
 
 def test_defaults_and_environment_overrides():
@@ -83,3 +86,18 @@ def test_commands_refuse_a_bad_setting_with_one_line_and_status_2():
                               env={**os.environ, "ECSEQ_BATCH_SIZE": "0"}, timeout=120)
         assert done.returncode == 2, (command, done.stderr)
         assert done.stderr == "ecseq: error: ECSEQ_BATCH_SIZE=0: must be a number from 1 to 100000\n", command
+
+
+@pytest.mark.fuzz
+@fuzz(300)
+@given(st.dictionaries(st.sampled_from(sorted(Settings.variable(f.name) for f in dataclasses.fields(Settings))),
+                       st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
+                       | st.sampled_from(["0", "-1", "nan", "inf", "1e9", "65536", "5ms", "0s", "memory://"]),
+                       max_size=4))
+def test_any_environment_gives_settings_or_one_line_naming_a_variable(env):
+    try:
+        settings = Settings.from_env(env)
+    except DataError as exc:
+        assert "\n" not in str(exc) and str(exc).split("=", 1)[0] in env
+        return
+    assert settings.batch_size >= 1 and 1 <= settings.web_port <= 65535 and 0 <= settings.gate_tolerance <= 1

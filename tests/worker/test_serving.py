@@ -3,11 +3,17 @@ control-topic record is understood or ignored."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ecseq.artifacts import ArtifactStore
+from ecseq.artifacts.names import is_version_name
 from ecseq_cli import main
 from tests.builds import FAST
+from tests.fuzz import fuzz, json_values
 from worker.metrics import WorkerMetrics
 from worker.serving import NONE, REFUSED, SWAPPED, UNCHANGED, ArtifactFollower, announced_version
 
@@ -72,3 +78,11 @@ def test_an_empty_store_serves_nothing(tmp_path):
 ])
 def test_an_announcement_is_understood_or_ignored_never_raised(raw, version):
     assert announced_version(raw) == version
+
+
+@pytest.mark.fuzz
+@fuzz(500)
+@given(st.binary(max_size=200) | st.none() | json_values.map(lambda v: json.dumps({"version": v}).encode()))
+def test_any_control_topic_record_gives_a_version_name_or_none(raw):
+    version = announced_version(raw)
+    assert version is None or is_version_name(version)
