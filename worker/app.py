@@ -32,6 +32,7 @@ from kafka_io.topics import ensure_topics
 from worker import faust_compat, views
 from worker.batches import PartitionBatches
 from worker.faust_settings import faust_settings
+from worker.health import PROBE_SECONDS, Health
 from worker.metrics import WorkerMetrics, observe_many
 from worker.micro_batches import micro_batches
 from worker.records import TOO_LATE, Source, dead_letter, score_record
@@ -104,12 +105,14 @@ class Worker:
                                        {"min.insync.replicas": str(replication[1])})
         self.served = asyncio.Event()
         self.assigned = False
-        self.metrics.ready.set_function(lambda: float(self.ready))
+        self.health = Health(kafka)
+        self.metrics.ready.set_function(lambda: float(self.readiness()[0]))
         self.app.agent(self.app.topic(settings.events_topic, repartition_topic(settings), **raw), name="score",
                        concurrency=1)(self._score_stream)
         self.app.agent(self.artifacts_topic, name="artifacts")(self._announcements)
         self.app.timer(parse_duration(settings.swap_check_every))(self._check_artifact)
         self.app.timer(1.0)(self._record_lag)
+        self.app.timer(PROBE_SECONDS)(self.health.probe)
         self.app.task(self._check_artifact)
         self.app.on_partitions_assigned.connect(self._on_assigned)
         views.register(self)
@@ -163,6 +166,7 @@ class Worker:
             if event.ack():  # the last reference (take_events may still hold one): the offset may commit
                 message = event.message
                 sensors.on_message_out(message.tp, message.offset, message)
+        self.health.progressed()
 
     async def _score_batch(self, events: list[faust.EventT]) -> tuple[list[asyncio.Future], list[tuple[Event, Source]]]:
         """Score a batch and hand its outputs to the producer; returns their delivery futures and the
@@ -237,25 +241,38 @@ class Worker:
 
     async def _on_assigned(self, sender, assigned, **_: object) -> None:
         self.assigned = True
+        self.health.progressed()
         self.metrics.lag.clear()  # partitions now on another replica stop being reported here
 
     async def _record_lag(self) -> None:
         """The group's committed offset (as the Monitor sensor saw it committed) against the high watermark."""
+        if self.app.tables.recovery.in_recovery:
+            self.health.progressed()  # the stuck clock does not run while state is being recovered
         consumer = self.app.consumer
         committed_offsets = self.app.monitor.tp_committed_offsets
+        waiting = 0
         for tp in consumer.assignment():
             if tp.topic not in (self.settings.events_topic, self.repartition_topic.get_topic_name()):
                 continue
             highwater = consumer.highwater(tp)
             committed = committed_offsets.get(tp)
             if highwater is not None:
-                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(highwater - (committed or 0), 0))
+                lag = max(highwater - (committed or 0), 0)
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
+                waiting += lag
+        self.health.waiting = waiting
 
-    @property
-    def ready(self) -> bool:
-        """Recovered, assigned and serving an artifact: what /ready reports."""
-        return (self.follower.scorer is not None and self.assigned
-                and not self.app.tables.recovery.in_recovery)
+    def readiness(self) -> tuple[bool, str | None]:
+        """What /ready reports: serving an artifact, assigned, recovered, Kafka answering and the agent
+        making progress; else False and the first reason it is not."""
+        if self.follower.scorer is None:
+            return False, f"no artifact to serve (store {self.settings.store})"
+        if not self.assigned:
+            return False, "no partitions assigned yet"
+        if self.app.tables.recovery.in_recovery:
+            return False, "recovering state from the changelog"
+        problem = self.health.problem()
+        return problem is None, problem
 
 
 def _report_failed_delivery(task: asyncio.Task) -> None:

@@ -16,12 +16,12 @@ def add_commands(sub, settings: Settings) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    import faust  # the worker's dependencies load only for this command
-
+    # the worker's dependencies load only for this command
     from kafka_io.client import KafkaClientConfig
     from worker import faust_compat
     from worker.app import Worker, prepare_topics
     from worker.metrics import WorkerMetrics
+    from worker.runner import WorkerRunner
     from worker.startup import wait_for_kafka
 
     settings: Settings = args.settings
@@ -37,8 +37,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if replication is None:  # stopped while waiting
         return 0
     worker = Worker(settings, kafka, replication, metrics)
-    # what `faust worker` does: signal handling (SIGTERM stops cleanly), logging, exit status
-    runner = faust.Worker(worker.app, loglevel=args.loglevel, redirect_stdouts=False)
+    # what `faust worker` does: signal handling (SIGTERM stops cleanly, within a bound), logging, exit status
+    runner = WorkerRunner(worker.app, loglevel=args.loglevel, redirect_stdouts=False)
     # the terminal spinner would set the root logger to DEBUG: ~10 % of the CPU per event
     runner.spinner = None
     runner.execute_from_commandline()

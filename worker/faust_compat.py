@@ -1,4 +1,4 @@
-"""The worker's one seam to faust-streaming and aiokafka internals: three patches and two private reads.
+"""The worker's one seam to faust-streaming and aiokafka internals: three patches and three private reads.
 
 Nothing else in the project touches a private name of theirs. `check()` runs before the App is
 built: it refuses to start, with one line naming what changed, when the installed versions are
@@ -41,6 +41,7 @@ def check() -> None:
                                    f"(worker/faust_compat.py) were tested on {tested}: install {package}=={tested}")
     from faust.stores.rocksdb import Store
     from faust.tables.recovery import Recovery
+    from mode import Worker
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Producer
 
     _require(Recovery, "on_recovery_completed", ("self", "generation_id"), coroutine=True)
@@ -48,6 +49,8 @@ def check() -> None:
     _require(Store, "_open_for_partition", ("self", "partition"), coroutine=False)
     _require(Store, "_db_for_partition", ("self", "partition"), coroutine=False)
     _require(Producer, "_ensure_producer", ("self",), coroutine=False)
+    _require(Worker, "_on_sigterm", ("self",), coroutine=False)
+    _require(Worker, "_on_sigint", ("self",), coroutine=False)
 
 
 def apply() -> None:
@@ -158,6 +161,14 @@ def aiokafka_producer(app: Any) -> Any:
     """The started aiokafka producer under Faust's: its record-batch API has no Faust counterpart
     (worker/batches.py sends whole record batches; Topic.send costs ~40 us a record)."""
     return app.producer._ensure_producer()
+
+
+def stop_signal_handlers(worker: Any) -> dict[int, Any]:
+    """mode.Worker's own SIGTERM / SIGINT handlers (each starts its clean stop), for a runner that
+    wraps them (worker/runner.py): the loop holds one handler per signal and mode names no public one."""
+    import signal
+
+    return {signal.SIGTERM: worker._on_sigterm, signal.SIGINT: worker._on_sigint}
 
 
 def rocksdb_partition(store: Any, partition: int) -> Any:

@@ -1,4 +1,5 @@
-"""The worker's web views: /health (alive), /ready (recovered, assigned, serving), /metrics."""
+"""The worker's web views: /health (alive), /ready (serving, assigned, recovered, Kafka answering, making
+progress; else 503 with the reason), /metrics."""
 
 from __future__ import annotations
 
@@ -22,9 +23,12 @@ def register(worker: Worker) -> None:
 
     @app.page("/ready")
     async def ready(web, request):
-        state = {"ready": worker.ready, "artifact": worker.follower.version, "assigned": worker.assigned,
+        ready, reason = worker.readiness()
+        state = {"ready": ready, "artifact": worker.follower.version, "assigned": worker.assigned,
                  "recovering": bool(app.tables.recovery.in_recovery)}
-        return web.json(state, status=200 if state["ready"] else 503)
+        if reason is not None:
+            state["reason"] = reason
+        return web.json(state, status=200 if ready else 503)
 
     @app.page("/metrics")
     async def metrics(web, request):
