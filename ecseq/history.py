@@ -230,6 +230,11 @@ class UserHistory:
         copy._id_lengths = None if self._id_lengths is None else array("H", self._id_lengths)
         return copy
 
+    def without_oldest(self, count: int) -> UserHistory:
+        """A copy without the `count` oldest events (how state is kept within a byte limit)."""
+        return UserHistory(self.schema, self.user_id, self._ids[count:], self._ts[count:], self._num[count:],
+                           self._codes[count:], list(self._values))
+
     def with_schema(self, schema: EventSchema) -> UserHistory:
         """The same events under another schema: columns matched by name; a column the history
         lacks (or holds as the other kind) is missing on every event. Shares nothing mutable."""

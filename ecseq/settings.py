@@ -68,7 +68,8 @@ class Settings:
     batch_size: int = 200  # events scored in one call
     batch_within: str = "5ms"  # ... or fewer, once the agent has waited this long (unless behind)
     state_store: str = "rocksdb://"  # per-user sequence table: rocksdb:// (durable) or memory://
-    state_cache_users: int = 100_000  # decoded user sequences kept in memory in front of the table
+    state_cache_bytes: int = 256 * 1024 * 1024  # user sequences kept decoded in front of the table, by stored size
+    max_state_bytes: int = 256 * 1024  # one user's stored sequence; beyond it the oldest events are dropped
     data_dir: str = "./worker-data"  # local state (RocksDB) of this replica
     web_host: str = "127.0.0.1"  # /health, /ready, /metrics
     web_port: int = 6066
@@ -105,9 +106,13 @@ class Settings:
 def _between(low: float, high: float) -> Callable[[float], str | None]:
     def check(value: float) -> str | None:
         if not math.isfinite(value) or not low <= value <= high:
-            return f"must be a number from {low:g} to {high:g}"
+            return f"must be a number from {_plain(low)} to {_plain(high)}"
         return None
     return check
+
+
+def _plain(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
 
 
 def _duration(value: str) -> str | None:
@@ -143,6 +148,8 @@ _RULES: dict[str, Callable] = {
     "gate_metric": _one_of(GATE_METRICS), "gate_tolerance": _between(0, 1),
     "builder_metrics_port": _PORT, "web_port": _PORT,
     "partitions": _between(1, 10_000), "batch_size": _between(1, 100_000),
-    "state_store": _one_of(STATE_STORES), "state_cache_users": _between(1, 100_000_000),
+    "state_store": _one_of(STATE_STORES), "state_cache_bytes": _between(1 << 20, 1 << 40),
+    # under the 1 MB a Kafka producer request holds by default, with room for the record's overhead
+    "max_state_bytes": _between(64 * 1024, 900_000),
     "max_event_bytes": _between(64, 16 * 1024 * 1024),
 }

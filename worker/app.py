@@ -101,7 +101,8 @@ class Worker:
         self.repartition_topic = self.app.topic(repartition_topic(settings), **raw)
         self.dead_letter_topic = self.app.topic(settings.dead_letter_topic, **raw)
         self.artifacts_topic = self.app.topic(settings.artifacts_topic, **raw)
-        self.sequences = SequenceTable(self.app, settings.partitions, settings.state_cache_users,
+        self.sequences = SequenceTable(self.app, settings.partitions, settings.state_cache_bytes,
+                                       settings.max_state_bytes, self.metrics.trimmed_states,
                                        {"min.insync.replicas": str(replication[1])})
         self.served = asyncio.Event()
         self.assigned = False

@@ -51,6 +51,9 @@ class WorkerMetrics:
                                      ["outcome"], registry=r)
         self.neighbours = Histogram("ecseq_worker_neighbours", "Compressed nodes each scored event attached to.",
                                     buckets=(0, 1, 2, 3, 5, 10, 20, 50, 100), registry=r)
+        self.trimmed_states = Counter("ecseq_worker_trimmed_states",
+                                      "User sequences that outgrew ECSEQ_MAX_STATE_BYTES and were stored without "
+                                      "their oldest events.", registry=r)
         self.zero_neighbours = Counter("ecseq_worker_zero_neighbour_events",
                                        "Scored events with no compressed node above epsilon (drift).", registry=r)
         self.lag = Gauge("ecseq_worker_consumer_lag", "Records behind the high watermark, per input partition.",

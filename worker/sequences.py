@@ -2,9 +2,15 @@
 
 The table (RocksDB or memory, replicated through its changelog topic) is the truth; reading a
 user's bytes back and decoding them on every event was ~40% of the worker's state time. The
-cache keeps the decoded `UserHistory` of recently seen users (bounded, least recently used out)
-and is emptied on every rebalance: Faust signals a revocation only once the in-flight batches
-are acknowledged, and another replica may own a user's partition in between.
+cache keeps the decoded `UserHistory` of recently seen users (bounded by their stored bytes,
+least recently used out) and is emptied on every rebalance: Faust signals a revocation only
+once the in-flight batches are acknowledged, and another replica may own a user's partition in
+between.
+
+Bound: a user's stored sequence is at most `max_state_bytes` (far under Kafka's default record
+limit): one that outgrows it (long ids and categories on every event) is stored without its
+oldest events, counted. The event that made it grow was scored on its whole window; the user's
+next windows are shorter than an offline replay's.
 
 Writes do what a Faust table assignment does (the local store, a changelog record in the
 partition of the event's input partition, the store's persisted offset once delivered), per
@@ -18,12 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import OrderedDict
 
 import faust
 from aiokafka import AIOKafkaProducer
 from faust.stores.rocksdb import Store as RocksDBStore
 from faust.types import TP
+from prometheus_client import Counter
 from rocksdict import WriteBatch
 
 from ecseq.data.records import EventSchema
@@ -39,14 +47,15 @@ TABLE = "sequences"
 class SequenceTable:
     """Per-user histories: read through the cache, written to the table and the cache together."""
 
-    def __init__(self, app: faust.App, partitions: int, cache_users: int,
+    def __init__(self, app: faust.App, partitions: int, cache_bytes: int, max_state_bytes: int, trimmed: Counter,
                  topic_configs: dict[str, str] | None = None) -> None:
         """``topic_configs``: extra configs of the changelog topic, should Faust create it."""
         # key_type/value_type=bytes is how a Faust Table stores raw bytes
         self.table = app.Table(TABLE, default=None, partitions=partitions, key_type=bytes, value_type=bytes,
                                extra_topic_configs=topic_configs or {})
-        self.cache_users = cache_users
-        self._cache: OrderedDict[str, UserHistory] = OrderedDict()
+        self.cache_bytes, self.max_state_bytes, self.trimmed = cache_bytes, max_state_bytes, trimmed
+        self._cache: OrderedDict[str, tuple[UserHistory, int]] = OrderedDict()  # user -> (history, stored size)
+        self._cached_bytes = 0
         app.on_partitions_revoked.connect(self._forget)
         app.on_partitions_assigned.connect(self._forget)
 
@@ -57,7 +66,8 @@ class SequenceTable:
         cached = self._cache.get(user)
         if cached is not None:
             self._cache.move_to_end(user)
-            return cached if cached.schema == schema else cached.with_schema(schema)
+            history = cached[0]
+            return history if history.schema == schema else history.with_schema(schema)
         stored = self.table.get(user.encode())  # bytes keys, as written here and as recovery restores them
         if stored is None:
             return UserHistory.empty(schema)
@@ -72,16 +82,39 @@ class SequenceTable:
         the returned future is done once the changelog holds them all."""
         changelog = PartitionBatches(producer, self.table.changelog_topic.get_topic_name())
         for partition, group in _by_partition(updates).items():
-            values = [(user.encode(), history.to_bytes()) for user, history, _ in group]
+            stored = [self._within_limit(user, history) for user, history, _ in group]
+            values = [(user.encode(), value) for (user, _, _), (_, value) in zip(group, stored)]
             self._store(partition, values)
             for key, value in values:
                 await changelog.append(key, value, partition)
-            for user, history, _ in group:
-                self._cache[user] = history
-                self._cache.move_to_end(user)
-        while len(self._cache) > self.cache_users:
-            self._cache.popitem(last=False)
+            for (user, _, _), (history, value) in zip(group, stored):
+                self._remember(user, history, len(value))
         return asyncio.ensure_future(self._persisted(await changelog.send()))
+
+    def _within_limit(self, user: str, history: UserHistory) -> tuple[UserHistory, bytes]:
+        """The history to store and its bytes: without as many oldest events as it takes to fit."""
+        value = history.to_bytes()
+        if len(value) <= self.max_state_bytes:
+            return history, value
+        before = len(history)
+        while len(value) > self.max_state_bytes and len(history) > 1:
+            per_event = len(value) / len(history)
+            drop = min(len(history) - 1, math.ceil((len(value) - self.max_state_bytes) / per_event))
+            history = history.without_oldest(drop)
+            value = history.to_bytes()
+        self.trimmed.inc()
+        log.warning("user %s: sequence state over %d bytes; stored its newest %d of %d events (%d bytes)",
+                    user, self.max_state_bytes, len(history), before, len(value))
+        return history, value
+
+    def _remember(self, user: str, history: UserHistory, size: int) -> None:
+        previous = self._cache.pop(user, None)
+        if previous is not None:
+            self._cached_bytes -= previous[1]
+        self._cache[user] = (history, size)
+        self._cached_bytes += size
+        while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:  # least recently seen out
+            self._cached_bytes -= self._cache.popitem(last=False)[1][1]
 
     def _store(self, partition: int, values: list[tuple[bytes, bytes]]) -> None:
         """Write one partition's values to the local store (what a table assignment does per key)."""
@@ -109,6 +142,7 @@ class SequenceTable:
 
     async def _forget(self, *_: object, **__: object) -> None:
         self._cache.clear()
+        self._cached_bytes = 0
 
 
 def _by_partition(updates: list[tuple[str, UserHistory, int]]) -> dict[int, list]:

@@ -262,3 +262,21 @@ def test_swap_under_load_loses_nothing_and_a_corrupt_announcement_is_refused(dep
     assert switch > 0
     late = {eid for _, v in records[3000:] for eid in [v["event_id"]]}
     assert {v["artifact_version"] for v in values if v["event_id"] in late} == {"v000002"}
+
+
+def test_a_user_whose_state_outgrows_its_byte_limit_keeps_being_scored(deployment, events_frame):
+    """Ids and categories at their length limit, 4-byte characters, a new value on every event: the
+    user's stored sequence would pass 64 KiB; it is stored without its oldest events instead."""
+    good = event_records(events_frame.head(1))[0][1]
+    wide = "\U0001F600" * 250
+    records = [("u-wide", {**good, "user_id": "u-wide", "event_id": f"{i:03d}{wide}", "ts": 1_700_000_000.0 + i,
+                           **{name: f"{i:03d}{wide}" for name in ("mcc", "device", "country", "channel")}})
+               for i in range(60)]
+    with deployment.worker(ECSEQ_MAX_STATE_BYTES="65536") as worker:
+        produce_json(deployment.bootstrap, deployment.topic("events"), records)
+        scores = _wait_for(deployment.bootstrap, deployment.topic("scores"), len(records))
+        assert _metric(worker, "ecseq_worker_trimmed_states_total") > 0
+        assert worker.get("/ready")[0] == 200
+    assert {r.json()["event_id"] for r in scores} == {v["event_id"] for _, v in records}
+    changelog = read_topic(deployment.bootstrap, f"{deployment.env['ECSEQ_APP_ID']}-sequences-changelog")
+    assert changelog and max(len(r.value) for r in changelog) <= 65536
