@@ -101,6 +101,23 @@ class UserHistory:
     def event_ids(self) -> tuple[str, ...]:
         return tuple(self._ids)
 
+    def holds(self, event: Event) -> bool:
+        """Whether the history holds this event as it is: its id with the same time and values
+        (numerics compared as stored). False for an id it holds with other content (a reused id).
+        A value the stored copy lacks is not compared: after a swap to a feature spec with new
+        columns, a redelivered event's stored copy has them missing."""
+        if event.event_id not in self._ids:
+            return False
+        position = self._ids.index(event.event_id)
+        stored = self._num[position]
+        numeric = np.array([min(max(v, -_F32_MAX), _F32_MAX) for v in event.numeric], dtype=np.float32)
+        known = ~np.isnan(stored)
+        values = [*self._values, None]
+        categorical = (values[code] for code in self._codes[position])
+        return (float(self._ts[position]) == event.ts
+                and np.array_equal(stored[known], numeric[known], equal_nan=True)
+                and all(held is None or held == sent for held, sent in zip(categorical, event.categorical)))
+
     def event_id(self, position: int) -> str:
         return self._ids[position]
 

@@ -35,7 +35,7 @@ from worker.faust_settings import faust_settings
 from worker.health import PROBE_SECONDS, Health
 from worker.metrics import WorkerMetrics, observe_many
 from worker.micro_batches import micro_batches
-from worker.records import TOO_LATE, Source, dead_letter, score_record
+from worker.records import ID_REUSED, TOO_LATE, Source, dead_letter, score_record
 from worker.sequences import TABLE, SequenceTable
 from worker.serving import SWAPPED, ArtifactFollower, announced_version
 
@@ -199,6 +199,9 @@ class Worker:
             else:
                 history = self.sequences.history(decoded.user_id, scorer.schema)
             known = decoded.event_id in history
+            if known and not history.holds(decoded):  # a redelivery is scored again; new content is not it
+                pending.append(await self._dead_letter(event.message, ID_REUSED, source))
+                continue
             position = history.append(decoded, history_limit(scorer.window))
             if position == NOT_KEPT:
                 pending.append(await self._dead_letter(event.message, TOO_LATE, source))

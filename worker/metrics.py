@@ -13,9 +13,9 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from ecseq.data.records import REASONS
-from worker.records import TOO_LATE
+from worker.records import ID_REUSED, TOO_LATE
 
-DEAD_LETTER_REASONS = (*REASONS, TOO_LATE)
+DEAD_LETTER_REASONS = (*REASONS, TOO_LATE, ID_REUSED)
 # 50 us .. 10 s: one stage of a batch is often well under a millisecond
 LATENCY_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 # event to score: fine around a tens-of-milliseconds SLO (the default alert is on p99 > 50 ms)

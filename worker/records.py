@@ -17,6 +17,7 @@ from ecseq.online import OnlineScore
 
 HEADER_PREFIX = "ecseq."
 TOO_LATE = "too_late"  # a dead-letter reason beyond decoding: older than every event of a full history
+ID_REUSED = "id_reused"  # ... and: an event id the user's history holds with other content
 HEADROOM = 16 * 1024  # of the producer's request size, left for headers and record overhead
 KEPT_BYTES = {"key": 1024, "value": 64 * 1024}  # what a dead letter keeps of a part that made it too large
 

@@ -259,3 +259,19 @@ def test_schemas_with_one_kind_of_column_or_none(schema):
     again = UserHistory.from_bytes(history.to_bytes(), schema)
     _same(again, history)
     assert again.event_ids == ("e2", "e3", "e4")
+
+
+def test_holds_tells_a_redelivery_from_a_reused_id():
+    history = _history(5)
+    stored = history.event(2)
+    assert history.holds(_event(2, amount=2.5))  # as sent: the same content (2 * 1.25)
+    assert history.holds(stored)
+    assert not history.holds(stored._replace(ts=stored.ts + 1))
+    assert not history.holds(stored._replace(numeric=(stored.numeric[0] + 1, stored.numeric[1])))
+    assert not history.holds(stored._replace(categorical=("app", stored.categorical[1])))
+    assert not history.holds(_event(99))
+    nan = UserHistory.empty(SCHEMA)
+    nan.append(_event(1, amount=math.nan, channel=None), 10)
+    assert nan.holds(_event(1, amount=math.nan, channel=None))  # missing equals missing
+    wider = _history(3).with_schema(EventSchema(("amount", "hour", "new"), ("channel", "mcc", "kind")))
+    assert wider.holds(Event("e1", "u1", 1.0, (1.25, 1.0, 7.0), ("web", "mcc01", "x")))  # new columns: not compared

@@ -131,6 +131,9 @@ def test_malformed_messages_go_to_dead_letters_and_valid_ones_match_offline_scor
     records[unkeyed] = (None, records[unkeyed][1])
     bad = _malformed(records[0][1])
     large = _large(records[0][1])
+    # a user's newest event so far, its id sent again with other content (a producer reusing ids)
+    user, last = records[599][0], records[599][1]
+    bad.append((user, {**last, "amount": (last["amount"] or 0.0) + 1.0}, "id_reused"))
     with deployment.worker() as worker:
         produce_json(deployment.bootstrap, deployment.topic("events"),
                      records[:600] + [(k, v) for k, v, _ in bad] + records[600:])
