@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from ecseq.artifacts import ArtifactStore
+from ecseq.data.events import DataError
 from ecseq.settings import Settings
 
 
@@ -31,7 +34,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"ecseq: error: {exc}", file=sys.stderr)
         return 2
     kafka = KafkaClientConfig.from_settings(settings)
-    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    _check_paths(settings)
     metrics = WorkerMetrics()
     replication = wait_for_kafka(settings, kafka, lambda: prepare_topics(settings, kafka), metrics)
     if replication is None:  # stopped while waiting
@@ -43,3 +46,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     runner.spinner = None
     runner.execute_from_commandline()
     return 0
+
+
+def _check_paths(settings: Settings) -> None:
+    """The store and the data directory are usable, before any wait for Kafka (DataError naming which)."""
+    for name, make in (("store", lambda path: ArtifactStore(path)),
+                       ("data_dir", lambda path: Path(path).mkdir(parents=True, exist_ok=True))):
+        path = getattr(settings, name)
+        try:
+            make(path)
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise PermissionError(13, "not writable")
+        except OSError as exc:
+            raise DataError(f"{Settings.variable(name)}={path}: cannot use it ({exc.strerror or exc})") from None
