@@ -1,6 +1,6 @@
 """Offline build time: embed 100k labelled sequences with a trained (frozen) encoder, compress
 them to K = 500 nodes and train the GNN, stage by stage; the full-graph baseline's GNN training
-on the same data is timed in the same run for a ratio. Target (issue 2): ECSeq build <= 30 s on
+on the same data is timed in the same run for a ratio. Target: ECSeq build <= 30 s on
 this 2-core machine.
 """
 

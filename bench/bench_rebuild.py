@@ -4,7 +4,7 @@ Read the file, load the serving artifact, featurise, embed with the frozen encod
 train the GNN, evaluate against the encoder and the serving artifact, write the report and
 plots, publish. The core fit (embed + compress + GNN, what bench_build times) is the baseline
 of the same run: the ratio says what the product around it costs. Then the published artifact
-is loaded the way a worker loads it. Targets (issue 3): rebuild <= 30 s, load <= 200 ms.
+is loaded the way a worker loads it. Targets: rebuild <= 30 s, load <= 200 ms.
 `--source kafka` gathers the same window from Apache Kafka on loopback instead (events joined with labels).
 """
 

@@ -4,7 +4,7 @@ One thread, batches of 256 featurised windows of 50 events, K = 500 compressed n
 with explanations out. The full graph is measured at N = 10k, 100k and 1M training sequences to
 show that ECSeq's cost does not grow with N while the full graph's does.
 
-Targets (issue 2): ECSeq <= 2e-5 s/event and <= 1.3x the encoder alone; single-event latency
+Targets: ECSeq <= 2e-5 s/event and <= 1.3x the encoder alone; single-event latency
 <= 250 us; at N = 100k the full graph >= 10x ECSeq.
 """
 

@@ -34,7 +34,7 @@ The worker serves an artifact trained here first (``train-encoder --dataset synt
 histograms, batch sizes, outcomes) are scraped after each phase. ``--profile`` samples every
 app with py-spy during its first max run and sorts the samples into stages (results then go
 to worker-profile.json: sampling slows the app down).
-Targets (issue 4): worker >= 60% of bare's max throughput; event-to-score p99 <= 50 ms at
+Targets: worker >= 60% of bare's max throughput; event-to-score p99 <= 50 ms at
 half the worker's own max rate. Results: bench/results/worker.json.
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@ bytes, keyed by user, to the output topic. With ``--table`` it also writes a sma
 value (a running count) into a changelog-backed table, which is what the real worker pays
 for its per-user sequence table. Every output send is awaited as a delivery future at the
 end of its batch, so a batch is acknowledged only once its outputs are in the broker (the
-at-least-once discipline the worker needs; see worker/FAUST_NOTES.md).
+at-least-once discipline the worker needs; see docs/faust-notes.md).
 
 It is its own process, started by bench/bench_worker.py:
 
@@ -16,7 +16,7 @@ Faust's settings follow the worker's (worker/faust_settings.py) where they shape
 comparison: the group session timeout (``--session-timeout``, 6 s: Kafka refuses less by
 default), acks=all, the stream buffer, and the worker's Faust patches
 (``worker.faust_compat.apply()``). Nothing listens beyond 127.0.0.1. The
-``--hold-acks``/``--crash-app`` discipline is the fix worker/FAUST_NOTES.md argues for;
+``--hold-acks``/``--crash-app`` discipline is the fix docs/faust-notes.md argues for;
 ``--fail-at``, ``--store rocksdb://`` and ``--no-consistency-check`` exist for the
 experiments described there. ``--direct-send``, ``--max-batch-bytes``, ``--pipeline`` and
 ``--gc-freeze`` handle the outputs the way the worker does (worker/app.py), so that the
@@ -50,7 +50,7 @@ from worker.micro_batches import micro_batches
 
 
 def bare_settings(args: argparse.Namespace) -> dict:
-    """Faust settings for the loopback broker the bench starts (see FAUST_NOTES.md §3)."""
+    """Faust settings for the loopback broker the bench starts (see docs/faust-notes.md §3)."""
     return {
         "broker": [f"kafka://{host}" for host in KafkaClientConfig.of(args.bootstrap).hosts],
         "store": args.store,
@@ -78,7 +78,7 @@ def bare_settings(args: argparse.Namespace) -> dict:
         "web_stats_enabled": False,
         "worker_redirect_stdouts": False,
         # An agent that raised takes the whole worker down (exit status != 0) instead of
-        # being restarted alone by the default OneForOneSupervisor (FAUST_NOTES.md §1).
+        # being restarted alone by the default OneForOneSupervisor (docs/faust-notes.md §1).
         **({"agent_supervisor": "mode.CrashingSupervisor"} if args.crash_app else {}),
     }
 

@@ -5,8 +5,8 @@ same way. With centroids="disjoint" (the default) the compressed nodes are built
 of the labelled sequences and the GNN trains on the other half: otherwise each training sequence
 sits inside a centroid whose positive rate already includes its own label, and the GNN learns to
 trust neighbour labels more than it should at serving time. "shared" (the paper's way) scored
-higher AP in the 3-seed refresh ablations (README) but trains the GNN on twice the data: a 100k
-build takes ~36 s instead of ~12 s, over the 30 s budget; see the README before changing this.
+higher AP in the 3-seed refresh ablations but trains the GNN on about twice the time (build
+times and the ablation are in docs/results.md): read them before changing this.
 """
 
 from __future__ import annotations

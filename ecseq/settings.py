@@ -2,7 +2,7 @@
 
 Each field's environment variable is ``ECSEQ_`` + its name in upper case (``store`` ->
 ``ECSEQ_STORE``); command-line flags default to these values, so a container configures
-everything through its environment. The README's configuration table lists the same names.
+everything through its environment. docs/configuration.md lists the same names.
 Every value is checked when the object is made (type, then range or form): a bad one is one
 line naming the variable, before any process starts work on it.
 """

@@ -3,7 +3,7 @@
 Nothing else in the project touches a private name of theirs. `check()` runs before the App is
 built: it refuses to start, with one line naming what changed, when the installed versions are
 not the ones these were written and tested against, or when what they patch or read no longer
-has the shape they expect. worker/FAUST_NOTES.md gives the evidence; each patch has a test that
+has the shape they expect. docs/faust-notes.md gives the evidence; each patch has a test that
 fails without it (named in its docstring).
 """
 

@@ -3,8 +3,8 @@ the crash-safe store (`store`).
 
 An artifact is an immutable directory with everything a worker needs to score: feature spec,
 encoder and GNN weights, the compressed graph, golden inputs with their expected scores, and a
-manifest that hashes every file. Weights never go through pickle. The README's "Artifacts and the
-compression builder" describes the layout and the hot swap.
+manifest that hashes every file. Weights never go through pickle. docs/builder.md describes the
+layout and the hot swap.
 """
 
 from ecseq.artifacts.bundle import ModelBundle
