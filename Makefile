@@ -46,6 +46,7 @@ evaluate: install
 	$(BIN)/ecseq evaluate --scenario refresh --out runs/evaluate
 
 test: install system-tools
+	$(BIN)/ruff check .
 	$(BIN)/pytest -q -p no:cacheprovider
 
 # the property-based tests with 100x the inputs, drawn at random (CI runs a fixed, bounded set)

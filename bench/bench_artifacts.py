@@ -99,7 +99,9 @@ def bare_load(path: Path, manifest: dict, with_scorer: bool) -> None:
     if with_scorer:
         spec = FeatureSpec.load(path / "feature_spec.json")
         bundle = ModelBundle(spec, model["window"], encoder.eval(),
-                             RelationModel(graph, gnn.eval(), Attachment(model["attachment"]["epsilon"], model["attachment"]["top_k"])), model["explain_k"])
+                             RelationModel(graph, gnn.eval(), Attachment(model["attachment"]["epsilon"],
+                                                                      model["attachment"]["top_k"])),
+                             model["explain_k"])
         Scorer(bundle.encoder, bundle.relation, bundle.explain_k)
 
 

@@ -104,7 +104,8 @@ def main() -> int:
         print(f"artifact load: median {load_s * 1e3:.1f} ms, max {loads.max() * 1e3:.1f} ms "
               f"(first in process {cold * 1e3:.1f} ms), K={store.load().manifest['model']['nodes']}")
         checks = {"rebuild_le_30s": total_s <= REBUILD_TARGET_S, "load_le_200ms": load_s <= LOAD_TARGET_S}
-        result = {"source": args.source, "labelled": outcome.report["data"]["labelled"], "events": outcome.report["data"]["events"],
+        data = outcome.report["data"]
+        result = {"source": args.source, "labelled": data["labelled"], "events": data["events"],
                   "threads": torch.get_num_threads(), "total_s": total_s, "core_fit_s": core_s,
                   "total_over_core": total_s / core_s, "stage_seconds": stages,
                   "load_ms": {"median": load_s * 1e3, "max": float(loads.max()) * 1e3, "first": cold * 1e3},

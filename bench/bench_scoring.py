@@ -69,9 +69,10 @@ def main() -> int:
                                                                       config.positive_k))
         ecseq = Scorer(encoder, relation_model(graph, True, config))
         full = Scorer(encoder, relation_model(CompressedGraph.from_members(ref, labels), False, config))
-        ecseq_s = float(np.median(per_call_seconds(lambda: ecseq.score_windows(batch), args.repeats))) / BATCH
-        full_s = float(np.median(per_call_seconds(lambda: full.score_windows(batch), max(3, args.repeats // 8)))) / BATCH
-        single = per_call_seconds(lambda: [ecseq.score_windows(x) for x in singles], 3) / len(singles)
+        ecseq_s = float(np.median(per_call_seconds(lambda s=ecseq: s.score_windows(batch), args.repeats))) / BATCH
+        full_repeats = max(3, args.repeats // 8)
+        full_s = float(np.median(per_call_seconds(lambda s=full: s.score_windows(batch), full_repeats))) / BATCH
+        single = per_call_seconds(lambda s=ecseq: [s.score_windows(x) for x in singles], 3) / len(singles)
         growth.append({"n": n, "nodes": graph.k, "ecseq_s": ecseq_s, "full_graph_s": full_s,
                        "full_over_ecseq": full_s / ecseq_s, "ecseq_single_s": float(np.median(single))})
         print(f"N={n:>8}: ecseq {ecseq_s * 1e6:7.2f} us/event, full graph {full_s * 1e6:8.2f} us/event "

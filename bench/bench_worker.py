@@ -74,7 +74,8 @@ FIELDS = ("event_id", "user_id", "ts", "amount", "hour", "hours_since_prev", "mc
 # (at most 2 batches in flight), long-lived objects frozen for the GC. `bare-faust-io` is the same
 # forwarder with Faust's own idiom (Topic.send, 16 KiB batches, deliveries awaited before the next
 # batch), for reference. Both bare apps take their input as the worker does (worker_like_args).
-WORKER_IO_ARGS = ["--direct-send", "--max-batch-bytes", str(256 * 1024), "--linger", "0", "--pipeline", "2", "--gc-freeze"]
+WORKER_IO_ARGS = ["--direct-send", "--max-batch-bytes", str(256 * 1024), "--linger", "0", "--pipeline", "2",
+                  "--gc-freeze"]
 RATIO_TARGET = 0.6
 P99_TARGET_MS = 50.0
 
@@ -337,7 +338,8 @@ def metrics_delta(before: dict | None, after: dict | None) -> dict | None:
             "mean_batch_size": round(events / batches, 1) if batches else None,
             "stage_us_per_event": {s: round(1e3 * ms * batches / events, 1) for s, ms in per_stage.items()}
             if events else {},
-            "event_to_score_mean_ms": round(1e3 * d("ecseq_worker_event_to_score_seconds_sum") / e2s, 2) if e2s else None,
+            "event_to_score_mean_ms": (round(1e3 * d("ecseq_worker_event_to_score_seconds_sum") / e2s, 2)
+                                       if e2s else None),
             # the worker's own event-to-score: input record timestamp -> its score's delivery confirmed
             "event_to_score_le_50ms_share": round(d("ecseq_worker_event_to_score_seconds_bucket", le="0.05") / e2s, 4)
             if e2s else None,
@@ -359,7 +361,8 @@ class Profiler:
         self.out = out
         self.proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
                                       "--idle", "--threads", "--output", str(out)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     start_new_session=True)
         time.sleep(0.5)  # attached
 
     def stop(self) -> dict:

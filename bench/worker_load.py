@@ -98,7 +98,8 @@ class FileEvents:
 
 
 async def produce(args: argparse.Namespace) -> dict:
-    maker = FileEvents(args.events, args.phase, args.offset) if args.events else EventMaker(args.users, args.phase, args.seed)
+    maker = (FileEvents(args.events, args.phase, args.offset) if args.events
+             else EventMaker(args.users, args.phase, args.seed))
     producer = AIOKafkaProducer(
         **KafkaClientConfig.of(args.bootstrap).aiokafka(),
         acks="all",

@@ -183,14 +183,16 @@ def _replication(args: argparse.Namespace) -> tuple[int, int]:
 
 def _gather_kafka(args: argparse.Namespace, spec: FeatureSpec):
     numeric, categorical = _columns(spec, ())  # Kafka builds always have the serving spec
-    return read_kafka(_kafka(args, args.kafka), args.events_topic, args.labels_topic, numeric, categorical, _since(args))
+    return read_kafka(_kafka(args, args.kafka), args.events_topic, args.labels_topic, numeric, categorical,
+                      _since(args))
 
 
 def _job(args: argparse.Namespace, gather, metrics: BuilderMetrics | None = None) -> BuildJob:
     set_threads(args.threads)
     announce = args.announce or getattr(args, "kafka", None)
     return BuildJob(_store(args), partial(gather, args), _build_config(args), metrics,
-                    kafka_announcer(_kafka(args, announce), args.artifacts_topic, _replication(args)) if announce else None, wait_for_lock=args.wait, force=args.force)
+                    kafka_announcer(_kafka(args, announce), args.artifacts_topic, _replication(args))
+                    if announce else None, wait_for_lock=args.wait, force=args.force)
 
 
 def _finish(outcome: BuildOutcome, metric: str) -> int:
@@ -320,7 +322,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     print(f"CURRENT -> {loaded.version} (was {before})")
     if args.announce:
         try:
-            kafka_announcer(_kafka(args, args.announce), args.artifacts_topic, _replication(args))(loaded.announcement())
+            announce = kafka_announcer(_kafka(args, args.announce), args.artifacts_topic, _replication(args))
+            announce(loaded.announcement())
         except AnnounceError as exc:  # CURRENT has moved; workers polling it will still follow
             print(f"ecseq: warning: {exc}", file=sys.stderr)
             return 1

@@ -162,7 +162,8 @@ def rebuild(store: ArtifactStore, gathered: Gathered, config: BuildConfig, servi
     with clock("featurise"):
         windows = SequenceWindows.build(spec.transform(table.frame), table.user_start, window)
     with clock("embed"):
-        fit_emb, val_emb, hold_emb = (embed_rows(encoder, windows, rows) for rows in (split.train, split.val, split.test))
+        fit_emb, val_emb, hold_emb = (embed_rows(encoder, windows, rows)
+                                      for rows in (split.train, split.val, split.test))
     val = Labelled.of(val_emb, encoder_logits(encoder, val_emb), labels[split.val])
     model = fit_compressed(encoder, fit_emb, labels[split.train].astype(np.int64), val, config.relation)
     for stage, seconds in model.stage_seconds.items():

@@ -25,7 +25,8 @@ REPORT = "report.json"
 REFUSED_DIR = "refused"
 
 
-def report_files(report: dict, y: np.ndarray, scores: dict[str, np.ndarray], graph: CompressedGraph) -> dict[str, bytes]:
+def report_files(report: dict, y: np.ndarray, scores: dict[str, np.ndarray],
+                 graph: CompressedGraph) -> dict[str, bytes]:
     """PR curves and score histograms of candidate vs serving vs encoder alone, and node size/purity."""
     curves = {name: (y, score) for name, score in scores.items()}
     with tempfile.TemporaryDirectory(prefix="ecseq-report-") as tmp:

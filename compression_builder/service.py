@@ -62,7 +62,8 @@ def kafka_announcer(kafka: KafkaClientConfig, topic: str, replication: tuple[int
                 ensured = True
             produce_json(kafka, topic, [("artifact", message)])
         except (KafkaError, BrokerError, OSError, TimeoutError) as exc:
-            raise AnnounceError(f"could not announce {message['version']} on {kafka.bootstrap} {topic}: {exc}") from None
+            raise AnnounceError(f"could not announce {message['version']} on {kafka.bootstrap} {topic}: "
+                                f"{exc}") from None
         log.info("announced %s on %s", message["version"], topic)
     return announce
 

@@ -35,8 +35,8 @@ from ecseq.data.datasets import DATASETS, load_dataset
 from ecseq.data.events import DataError
 from ecseq.settings import Settings
 from kafka_io.broker import KafkaCluster, free_port
-from kafka_io.client import KafkaClientConfig
 from kafka_io.cli import TOPIC_FIELDS
+from kafka_io.client import KafkaClientConfig
 from kafka_io.jars import kafka_version
 from kafka_io.topics import ensure_topics
 

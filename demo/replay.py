@@ -15,11 +15,10 @@ from dataclasses import dataclass
 import pandas as pd
 from aiokafka import AIOKafkaProducer
 
-from kafka_io.client import KafkaClientConfig
-
 from ecseq.data.cleaning import BAD_TYPE, MISSING_FIELD, NON_FINITE
 from ecseq.data.events import EVENT_ID, LABEL, TS, USER
 from ecseq.data.records import BAD_JSON
+from kafka_io.client import KafkaClientConfig
 
 LABEL_DELAY_EVENTS = 200  # a label is sent right after the event this many events later
 MALFORMED_EVERY = 200  # one malformed event after every 200th valid one: 0.5 %

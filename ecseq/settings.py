@@ -87,13 +87,13 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         values = {}
-        for field in dataclasses.fields(cls):
-            name = PREFIX + field.name.upper()
+        for item in dataclasses.fields(cls):
+            name = PREFIX + item.name.upper()
             if name not in env:
                 continue
-            kind = type(field.default)
+            kind = type(item.default)
             try:
-                values[field.name] = kind(env[name])
+                values[item.name] = kind(env[name])
             except ValueError:
                 raise DataError(f"{name}={env[name]!r} is not a valid {kind.__name__}") from None
         return cls(**values)

@@ -365,7 +365,8 @@ class KafkaCluster:
         if self.material is not None:
             for mechanism in SCRAM_MECHANISMS:
                 scram += ["--add-scram", f"{mechanism}=[name={USERNAME},password={self.material.password}]"]
-        cmd = self._java_command("kafka.tools.StorageTool", "format", "--config", str(node.folder / "server.properties"),
+        cmd = self._java_command("kafka.tools.StorageTool", "format",
+                                 "--config", str(node.folder / "server.properties"),
                                  "--cluster-id", cluster_id, "--ignore-formatted", *scram)
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
         if done.returncode != 0:

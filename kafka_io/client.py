@@ -100,7 +100,8 @@ class KafkaClientConfig:
             text = path.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-            raise KafkaConfigError(f"{Settings.variable('kafka_password_file')}={path}: cannot read it ({reason})") from None
+            raise KafkaConfigError(f"{Settings.variable('kafka_password_file')}={path}: "
+                                   f"cannot read it ({reason})") from None
         if not text:
             raise KafkaConfigError(f"{Settings.variable('kafka_password_file')}={path} is empty")
         return text
@@ -175,7 +176,8 @@ class KafkaClientConfig:
         cause = exc.__cause__ or exc.__context__
         if isinstance(exc, ssl.SSLCertVerificationError) or isinstance(cause, ssl.SSLCertVerificationError):
             ca = self.ca_file or "the system CA store"
-            return f"the broker's TLS certificate is not trusted by {ca} ({text}); check {Settings.variable('kafka_ca_file')}"
+            return (f"the broker's TLS certificate is not trusted by {ca} ({text}); "
+                    f"check {Settings.variable('kafka_ca_file')}")
         if isinstance(exc, ssl.SSLError):
             return f"TLS handshake failed ({text}): is this a TLS listener?"
         lowered = text.lower()

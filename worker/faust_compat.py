@@ -41,8 +41,8 @@ def check() -> None:
                                    f"(worker/faust_compat.py) were tested on {tested}: install {package}=={tested}")
     from faust.stores.rocksdb import Store
     from faust.tables.recovery import Recovery
-    from mode import Worker
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Producer
+    from mode import Worker
 
     _require(Recovery, "on_recovery_completed", ("self", "generation_id"), coroutine=True)
     _require(AIOKafkaConsumerThread, "getmany", ("self", "active_partitions", "timeout"), coroutine=True)

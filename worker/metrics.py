@@ -29,11 +29,13 @@ class WorkerMetrics:
         r = self.registry
         self.stage_seconds = Histogram(
             "ecseq_worker_stage_duration_seconds",
-            "Wall time of one stage for one micro-batch (decode, state, featurise, encode, attach, gnn, produce; deliver overlaps the next batch).",
+            "Wall time of one stage for one micro-batch (decode, state, featurise, encode, attach, gnn, produce; "
+            "deliver overlaps the next batch).",
             ["stage"], buckets=LATENCY_BUCKETS, registry=r)
         self.event_to_score = Histogram(
             "ecseq_worker_event_to_score_seconds",
-            "From the input record's Kafka timestamp to its score's delivery being confirmed.", buckets=END_TO_END_BUCKETS, registry=r)
+            "From the input record's Kafka timestamp to its score's delivery being confirmed.",
+            buckets=END_TO_END_BUCKETS, registry=r)
         self.events = Counter("ecseq_worker_events", "Input events by outcome (scored, dead_letter, repartitioned).",
                               ["outcome"], registry=r)
         self.dead_letters = Counter("ecseq_worker_dead_letters", "Events sent to the dead-letter topic, by reason.",

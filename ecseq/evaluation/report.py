@@ -10,6 +10,7 @@ import numpy as np
 from ecseq.evaluation.experiment import RunResult
 from ecseq.evaluation.plots import plot_cluster_sizes, plot_pr_curves, plot_score_histograms
 
+
 def aggregate(runs: list[RunResult]) -> dict[str, dict]:
     """Per method: the mean of every numeric metric over repeats, its std, and each run."""
     out: dict[str, dict] = {}

@@ -123,8 +123,8 @@ def test_prometheus_scrapes_worker_and_builder_and_answers_alerts_and_dashboard(
                 time.sleep(0.5)
             _until(f"{EVENTS} scores", lambda: len(read_topic(deployment.bootstrap, deployment.topic("scores")))
                    >= EVENTS, 60, logs)
-            _until("the scores in Prometheus", lambda: (_finite(api, "sum(ecseq_worker_events_total{outcome=\"scored\"})")
-                                                        or 0) >= EVENTS, 30, logs)
+            scored = 'sum(ecseq_worker_events_total{outcome="scored"})'
+            _until("the scores in Prometheus", lambda: (_finite(api, scored) or 0) >= EVENTS, 30, logs)
 
             p99 = _until("a finite p99", lambda: _finite(api, "histogram_quantile(0.99, sum by (le) "
                                                               "(rate(ecseq_worker_event_to_score_seconds_bucket[30s])))"),

@@ -18,8 +18,6 @@ from ecseq.graph import (
 )
 
 
-
-
 def _random(n: int, d: int = 6, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
 

@@ -191,7 +191,8 @@ def test_size_for_fifty_events_of_the_synthetic_schema():
     for i in range(80):
         history.append(Event(f"ev{100_000 + i}", "u00042", 1_704_067_200.0 + 3600.0 * i,
                              (float(rng.lognormal(3, 1)), float(rng.integers(24)), float(rng.exponential(20))),
-                             (f"mcc{rng.integers(20):02d}", f"dev{rng.integers(2)}", "US", str(rng.choice(["web", "app"])))),
+                             (f"mcc{rng.integers(20):02d}", f"dev{rng.integers(2)}", "US",
+                              str(rng.choice(["web", "app"])))),
                        50)
     size = len(history.to_bytes())
     # 50 x (2 + 8 id, 8 ts, 3 x 4 numerics, 4 codes) = 1,700 plus names, user, values and checksum

@@ -50,7 +50,8 @@ def artifact(table, tmp_path_factory):
     relation = fit_compressed(encoder, embeddings[:cut], labels[:cut], val,
                               RelationConfig(k=20, positive_k=5, gnn=GNNTrainConfig(epochs=10, progress=False)))
     with torch.no_grad():  # a residual GNN that learnt nothing scores exactly as the encoder: make it matter
-        relation.gnn.out.weight.copy_(torch.randn(relation.gnn.out.weight.shape, generator=torch.Generator().manual_seed(1)))
+        seeded = torch.Generator().manual_seed(1)
+        relation.gnn.out.weight.copy_(torch.randn(relation.gnn.out.weight.shape, generator=seeded))
     store = ArtifactStore(tmp_path_factory.mktemp("online") / "store")
     store.publish(ModelBundle(spec, WINDOW, encoder.eval(), relation), windows.gather(rows[:4]).numpy(),
                   parent=None, encoder_version=None, data={}, metrics={})

@@ -276,7 +276,8 @@ def test_fused_path_equals_generic_on_a_wider_graph(rule, max_neighbours):
     assert generic.neighbours.max() == rule.slots(max_neighbours)
     _assert_same_batch(fused, generic, graph, EXPLAIN)
     # and against a brute-force attachment: the top slots really are the most similar nodes
-    cos = torch.nn.functional.normalize(emb, dim=1) @ torch.nn.functional.normalize(torch.from_numpy(graph.centroids), dim=1).T
+    normalize = torch.nn.functional.normalize
+    cos = normalize(emb, dim=1) @ normalize(torch.from_numpy(graph.centroids), dim=1).T
     expected = ((cos > rule.epsilon).sum(1).clamp(max=rule.slots(max_neighbours))).numpy()
     np.testing.assert_array_equal(fused.neighbours, expected)
 

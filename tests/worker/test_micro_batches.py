@@ -1,4 +1,5 @@
-"""Micro-batching against a real broker: full batches while behind, small prompt ones while keeping up, and a batch being joined never holds up a shutdown."""
+"""Micro-batching against a real broker: full batches while behind, small prompt ones while keeping up,
+and a batch being joined never holds up a shutdown."""
 
 from __future__ import annotations
 
@@ -76,7 +77,8 @@ def test_sigterm_while_a_batch_is_being_joined_scores_it_and_exits(deployment, e
     with deployment.worker("w2"):  # the restart scores what the first left uncommitted
         deadline = time.monotonic() + 60
         while _scored(deployment) != want:
-            assert time.monotonic() < deadline, f"{len(want - _scored(deployment))} of {len(want)} events not scored after the restart"
+            missing = len(want - _scored(deployment))
+            assert time.monotonic() < deadline, f"{missing} of {len(want)} events not scored after the restart"
             time.sleep(0.5)
 
 

@@ -36,7 +36,10 @@ def _wait_for(bootstrap: str, topic: str, count: int, timeout: float = 90.0) -> 
 
 def _malformed(good: dict) -> list[tuple[str | None, bytes | dict, str]]:
     """(key, value, expected reason): with _large, 40 kinds of hostile input."""
-    without = lambda *keys: {k: v for k, v in good.items() if k not in keys}
+
+    def without(*keys: str) -> dict:
+        return {k: v for k, v in good.items() if k not in keys}
+
     return [
         ("u-bad", b"{not json", "bad_json"),
         ("u-bad", b"\xff\xfe{}", "bad_json"),

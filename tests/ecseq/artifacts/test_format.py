@@ -98,8 +98,8 @@ def test_jsonable():
 def test_reason_codes_are_the_documented_ones():
     assert FORMAT_VERSION == 1
     assert REASONS == ("not_found", "bad_current", "missing_manifest", "bad_manifest", "unsupported_format",
-                       "version_mismatch", "unsafe_path", "missing_file", "size_mismatch", "checksum_mismatch", "unsafe_weights",
-                       "bad_weights", "shape_mismatch", "non_finite", "bad_graph", "golden_mismatch")
+                       "version_mismatch", "unsafe_path", "missing_file", "size_mismatch", "checksum_mismatch",
+                       "unsafe_weights", "bad_weights", "shape_mismatch", "non_finite", "bad_graph", "golden_mismatch")
 
 
 def test_read_artifact_reports_stage_timings(store, bundle, golden):
