@@ -336,8 +336,8 @@ class ArtifactStore:
                         raise ArtifactError("not_found", f"artifact store {self.root}: no {CURRENT} to roll back "
                                                          "from")
                     below = version_number(current)
-                except ArtifactError as exc:
-                    if exc.reason != "bad_current":
+                except ArtifactError as broken:
+                    if broken.reason != "bad_current":
                         raise
                     current, below = "a broken CURRENT", None
                 loaded = None
@@ -350,10 +350,10 @@ class ArtifactStore:
                     except ArtifactError:
                         continue  # already logged; try the next older one
                 if loaded is None:
-                    exc = ArtifactError("not_found", f"artifact store {self.root}: no version older than {current} "
-                                                     "verifies")
-                    log.warning("refused rollback: %s", exc)
-                    raise exc
+                    none_left = ArtifactError("not_found", f"artifact store {self.root}: no version older than "
+                                                           f"{current} verifies")
+                    log.warning("refused rollback: %s", none_left)
+                    raise none_left
             self._write_current(loaded.version, reason="rollback")
         return loaded
 
