@@ -33,10 +33,11 @@ class Health:
         """One connection attempt; logs a change of state once, not every probe."""
         try:
             await self.kafka.check(timeout=PROBE_SECONDS)
-        except BrokerError as exc:
+        except Exception as exc:  # noqa: BLE001 - a timer that raises stops the worker; a probe must not
+            problem = str(exc) if isinstance(exc, BrokerError) else f"Kafka probe failed: {exc!r}"
             if self.kafka_problem is None:
-                log.error("not ready: %s", exc)
-            self.kafka_problem = str(exc)
+                log.error("not ready: %s", problem)
+            self.kafka_problem = problem
         else:
             if self.kafka_problem is not None:
                 log.info("Kafka answers again at %s", self.kafka.describe())

@@ -49,3 +49,14 @@ def test_the_same_warning_passes_once_per_window_and_then_says_how_many_were_lef
     clock[0] = 10.5
     again = _record("Unable connect to %s")
     assert repeat.filter(again) and again.msg == "Unable connect to %s (64 more like this in the last 10s)"
+
+
+def test_an_unexpected_probe_error_is_a_reason_not_a_crash(monkeypatch):
+    health = Health(KafkaClientConfig("127.0.0.1:1"))
+
+    async def broken(timeout: float) -> None:
+        raise ValueError("odd")
+
+    monkeypatch.setattr(health.kafka.__class__, "check", lambda self, timeout: broken(timeout))
+    asyncio.run(health.probe())
+    assert health.problem() == "Kafka probe failed: ValueError('odd')"
