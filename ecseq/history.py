@@ -50,6 +50,12 @@ NOT_KEPT = -1  # append's answer for an event older than every event of a full h
 MAX_LIMIT = 0xFFFF  # events a history can hold (the count is stored in two bytes)
 SPARE_ROWS = 16  # rows a history's column buffers grow by (see UserHistory._append_row)
 _F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _clamped(numeric: Sequence[float]) -> list[float]:
+    """Numerics as a history stores them before float32: beyond float32's range, its largest finite
+    value (in Python, NaN passes through both comparisons: a few values, cheaper than numpy calls)."""
+    return [min(max(v, -_F32_MAX), _F32_MAX) for v in numeric]
 _CODE_TYPES = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4")}
 
 
@@ -109,14 +115,12 @@ class UserHistory:
         if event.event_id not in self._ids:
             return False
         position = self._ids.index(event.event_id)
+        held = self.event(position)
         stored = self._num[position]
-        numeric = np.array([min(max(v, -_F32_MAX), _F32_MAX) for v in event.numeric], dtype=np.float32)
         known = ~np.isnan(stored)
-        values = [*self._values, None]
-        categorical = (values[code] for code in self._codes[position])
-        return (float(self._ts[position]) == event.ts
-                and np.array_equal(stored[known], numeric[known], equal_nan=True)
-                and all(held is None or held == sent for held, sent in zip(categorical, event.categorical)))
+        sent = np.array(_clamped(event.numeric), dtype=np.float32)
+        return (held.ts == event.ts and np.array_equal(stored[known], sent[known])
+                and all(value is None or value == other for value, other in zip(held.categorical, event.categorical)))
 
     def event_id(self, position: int) -> str:
         return self._ids[position]
@@ -162,8 +166,7 @@ class UserHistory:
         drop = max(0, n + 1 - limit)
         if position < drop:
             return NOT_KEPT
-        # clamped in Python (NaN passes through both comparisons): a few values, cheaper than numpy calls
-        numeric = [min(max(v, -_F32_MAX), _F32_MAX) for v in event.numeric]
+        numeric = _clamped(event.numeric)
         row = [self._code(value) for value in event.categorical]
         self._ids.insert(position, event.event_id)
         if self._id_lengths is not None:

@@ -50,7 +50,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def _check_paths(settings: Settings) -> None:
     """The store and the data directory are usable, before any wait for Kafka (DataError naming which)."""
-    for name, make in (("store", lambda path: ArtifactStore(path)),
+    for name, make in (("store", ArtifactStore),
                        ("data_dir", lambda path: Path(path).mkdir(parents=True, exist_ok=True))):
         path = getattr(settings, name)
         try:

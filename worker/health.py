@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from kafka_io.client import KafkaClientConfig
 from kafka_io.errors import BrokerError
@@ -28,11 +29,16 @@ class Health:
         self.kafka_problem: str | None = None
         self.waiting = 0  # events in assigned input partitions past the committed offsets
         self._last_batch = time.monotonic()
+        # the client arguments, built once they build: an SSL context (the CA store parsed) on the
+        # event loop every probe would cost the batches around it; the app's clients keep theirs too
+        self._client: dict[str, Any] | None = None
 
     async def probe(self) -> None:
         """One connection attempt; logs a change of state once, not every probe."""
         try:
-            await self.kafka.check(timeout=PROBE_SECONDS)
+            if self._client is None:
+                self._client = self.kafka.aiokafka()
+            await self.kafka.check(timeout=PROBE_SECONDS, kwargs=self._client)
         except Exception as exc:  # noqa: BLE001 - a timer that raises stops the worker; a probe must not
             problem = str(exc) if isinstance(exc, BrokerError) else f"Kafka probe failed: {exc!r}"
             if self.kafka_problem is None:

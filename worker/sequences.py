@@ -82,12 +82,12 @@ class SequenceTable:
         the returned future is done once the changelog holds them all."""
         changelog = PartitionBatches(producer, self.table.changelog_topic.get_topic_name())
         for partition, group in _by_partition(updates).items():
-            stored = [self._within_limit(user, history) for user, history, _ in group]
-            values = [(user.encode(), value) for (user, _, _), (_, value) in zip(group, stored)]
+            stored = [(user, *self._within_limit(user, history)) for user, history, _ in group]
+            values = [(user.encode(), value) for user, _, value in stored]
             self._store(partition, values)
             for key, value in values:
                 await changelog.append(key, value, partition)
-            for (user, _, _), (history, value) in zip(group, stored):
+            for user, history, value in stored:
                 self._remember(user, history, len(value))
         return asyncio.ensure_future(self._persisted(await changelog.send()))
 

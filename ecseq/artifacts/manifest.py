@@ -147,9 +147,8 @@ def _check_schema(m: dict, version: str) -> tuple[SequenceEncoder, RelationGNN, 
         need(isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
              and _SHA256_RE.fullmatch(entry["sha256"]) is not None and _is_int(entry.get("size"), 0),
              f"files[{name!r}] needs a hex sha256 and an int size")
-    need(MANIFEST not in files, f"files lists {MANIFEST} itself")
-    for name, entry in files.items():
         need(entry["size"] <= MAX_FILE_BYTES, f"files[{name!r}] is {entry['size']} bytes, more than {MAX_FILE_BYTES}")
+    need(MANIFEST not in files, f"files lists {MANIFEST} itself")
     need(sum(entry["size"] for entry in files.values()) <= MAX_ARTIFACT_BYTES,
          f"files add up to more than {MAX_ARTIFACT_BYTES} bytes")
     for name in REQUIRED_FILES:

@@ -81,22 +81,33 @@ def _lstat(dfd: int, name: str) -> os.stat_result | None:
         return None
 
 
+class NotARegularFile(OSError):
+    """A directory, fifo, socket or device where a file was expected."""
+
+
+def read_regular_file(path: str | os.PathLike, limit: int, dir_fd: int | None = None) -> bytes:
+    """At most `limit` + 1 bytes of a regular file (so a caller sees one that is larger than it may
+    be), never through a symlink (OSError ELOOP) nor blocking on a fifo (NotARegularFile)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # checked before fdopen, which refuses a directory itself
+        os.close(fd)
+        raise NotARegularFile(errno.EINVAL, "not a regular file", str(path))
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read(limit + 1)
+
+
 def _read(dfd: int, name: str, version: str, limit: int) -> bytes:
-    """Read a regular file in the directory, never following a symlink nor blocking on a fifo, and
-    never more than `limit` + 1 bytes (a file that grew after its size was checked is refused)."""
+    """`read_regular_file` of a file in the version directory, any problem a refusal."""
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
+        return read_regular_file(name, limit, dir_fd=dfd)
     except FileNotFoundError:
         raise refuse(version, "missing_file", f"{name} is missing") from None
+    except NotARegularFile:
+        raise refuse(version, "unsafe_path", f"{name} is not a regular file") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise refuse(version, "unsafe_path", f"{name} is a symlink") from None
         raise refuse(version, "missing_file", f"{name} cannot be read ({exc.strerror})") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):  # checked before fdopen, which refuses a directory itself
-        os.close(fd)
-        raise refuse(version, "unsafe_path", f"{name} is not a regular file")
-    with os.fdopen(fd, "rb") as fh:
-        return fh.read(limit + 1)
 
 
 def _read_manifest(dfd: int, version: str) -> tuple[dict, str]:

@@ -21,7 +21,6 @@ import hashlib
 import logging
 import os
 import shutil
-import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +43,13 @@ from ecseq.artifacts.names import (
     version_name,
     version_number,
 )
-from ecseq.artifacts.reader import MAX_MANIFEST_BYTES, read_artifact, read_manifest
+from ecseq.artifacts.reader import (
+    MAX_MANIFEST_BYTES,
+    NotARegularFile,
+    read_artifact,
+    read_manifest,
+    read_regular_file,
+)
 from ecseq.scoring import Scorer
 
 log = logging.getLogger("ecseq.artifacts")
@@ -134,18 +139,14 @@ class ArtifactStore:
         """The version CURRENT points at, None if there is no CURRENT yet; ArtifactError
         ``bad_current`` if it is anything but a small regular file holding a version name."""
         try:
-            fd = os.open(self.root / CURRENT, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            raw = read_regular_file(self.root / CURRENT, MAX_CURRENT_BYTES)
         except FileNotFoundError:
             return None
+        except NotARegularFile:
+            raise self._bad_current("is not a regular file") from None
         except OSError as exc:
             what = "a symlink" if exc.errno == errno.ELOOP else f"unreadable ({exc.strerror})"
             raise self._bad_current(f"is {what}") from None
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise self._bad_current("is not a regular file")
-            raw = os.read(fd, MAX_CURRENT_BYTES + 1)
-        finally:
-            os.close(fd)
         text = raw.decode("utf-8", errors="replace").strip()
         if len(raw) > MAX_CURRENT_BYTES or not is_version_name(text):
             raise self._bad_current(f"holds {text[:40]!r}, not a version name")
@@ -219,12 +220,7 @@ class ArtifactStore:
                 for entry in sorted(entries, key=lambda e: e.name):
                     st = entry.stat(follow_symlinks=False)
                     digest.update(f"{entry.name}\0{st.st_mode}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
-            fd = os.open(path / MANIFEST, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-            try:
-                if stat.S_ISREG(os.fstat(fd).st_mode):
-                    digest.update(os.read(fd, MAX_MANIFEST_BYTES + 1))
-            finally:
-                os.close(fd)
+            digest.update(read_regular_file(path / MANIFEST, MAX_MANIFEST_BYTES))
         except OSError as exc:
             digest.update(f"unreadable: {exc.errno}".encode())
         return digest.hexdigest()

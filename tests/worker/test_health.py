@@ -54,9 +54,9 @@ def test_the_same_warning_passes_once_per_window_and_then_says_how_many_were_lef
 def test_an_unexpected_probe_error_is_a_reason_not_a_crash(monkeypatch):
     health = Health(KafkaClientConfig("127.0.0.1:1"))
 
-    async def broken(timeout: float) -> None:
+    async def broken(timeout: float, kwargs: dict) -> None:
         raise ValueError("odd")
 
-    monkeypatch.setattr(health.kafka.__class__, "check", lambda self, timeout: broken(timeout))
+    monkeypatch.setattr(health.kafka.__class__, "check", lambda self, timeout, kwargs: broken(timeout, kwargs))
     asyncio.run(health.probe())
     assert health.problem() == "Kafka probe failed: ValueError('odd')"
