@@ -20,9 +20,9 @@ from ecseq.data.splits import split_by_time
 from ecseq.encoders.training import EncoderTrainConfig, embed_rows
 from ecseq.evaluation.experiment import ExperimentConfig, fit_and_score, prepare, relation_for_seed
 from ecseq.evaluation.head import LogisticHead
-from ecseq.evaluation.metrics import summarize
 from ecseq.gnn_training import GNNTrainConfig
 from ecseq.graph import Attachment
+from ecseq.ranking import summarize
 from ecseq.relation import RelationConfig, fit_compressed
 
 BASE = RelationConfig(gnn=GNNTrainConfig(progress=False))

@@ -35,9 +35,9 @@ from ecseq.compression import compress
 from ecseq.encoders.models import LSTMEncoder, build_encoder
 from ecseq.encoders.training import embed_rows
 from ecseq.features import FeatureSpec
-from ecseq.gnn import RelationGNN
+from ecseq.gnn import RelationGNN, RelationModel
 from ecseq.graph import Attachment, CompressedGraph
-from ecseq.relation import RelationConfig, RelationModel
+from ecseq.relation import RelationConfig
 from ecseq.scoring import Scorer
 
 TARGET_S = 0.200

@@ -21,9 +21,10 @@ from bench.common import per_call_seconds, report_checks, synthetic_windows
 from ecseq.compression import compress
 from ecseq.encoders.models import LSTMEncoder
 from ecseq.encoders.training import embed_rows
-from ecseq.gnn import RelationGNN
+from ecseq.full_graph import IndexAttacher
+from ecseq.gnn import RelationGNN, RelationModel
 from ecseq.graph import CompressedGraph
-from ecseq.relation import RelationConfig, RelationModel
+from ecseq.relation import RelationConfig
 from ecseq.scoring import Scorer
 
 BATCH = 256
@@ -68,7 +69,8 @@ def main() -> int:
         graph = CompressedGraph.from_assignment(ref, labels, compress(ref, labels, config.compression, config.k,
                                                                       config.positive_k))
         ecseq = Scorer(encoder, relation_model(graph, True, config))
-        full = Scorer(encoder, relation_model(CompressedGraph.from_members(ref, labels), False, config))
+        full_model = relation_model(CompressedGraph.from_members(ref, labels), False, config)
+        full = Scorer(encoder, full_model, attach=IndexAttacher.for_model(full_model))
         ecseq_s = float(np.median(per_call_seconds(lambda s=ecseq: s.score_windows(batch), args.repeats))) / BATCH
         full_repeats = max(3, args.repeats // 8)
         full_s = float(np.median(per_call_seconds(lambda s=full: s.score_windows(batch), full_repeats))) / BATCH

@@ -61,16 +61,17 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.common import report_checks
-from ecseq.settings import Settings, parse_duration
+from ecseq.settings import parse_duration
 from kafka_io import KafkaClientConfig, KafkaCluster, ensure_topics, free_port
 from kafka_io.jars import kafka_version
+from worker.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 4
 FIELDS = ("event_id", "user_id", "ts", "amount", "hour", "hours_since_prev", "mcc", "device", "country", "channel")
 # The bare apps handle their outputs as the worker does (worker/app.py), so that `worker / bare` is
 # the cost of the worker's own work: one record batch per partition on the aiokafka producer
-# (worker/batches.py; 256 KiB batches, no linger), a batch's deliveries confirmed in the background
+# (worker/record_batches.py; 256 KiB batches, no linger), a batch's deliveries confirmed in the background
 # (at most 2 batches in flight), long-lived objects frozen for the GC. `bare-faust-io` is the same
 # forwarder with Faust's own idiom (Topic.send, 16 KiB batches, deliveries awaited before the next
 # batch), for reference. Both bare apps take their input as the worker does (worker_like_args).
@@ -94,7 +95,7 @@ class AppSpec:
     metrics_url: str | None = None  # the worker's /metrics
 
 
-def worker_like_args(settings: Settings) -> list[str]:
+def worker_like_args(settings: WorkerSettings) -> list[str]:
     """The bare apps batch as the worker does (its batch size, window, joined takes while behind)
     and join their group with its session timeout."""
     return ["--batch", str(settings.batch_size), "--within", str(parse_duration(settings.batch_within)),
@@ -393,14 +394,14 @@ PROFILE_RULES: tuple[tuple[str | None, str, str], ...] = (
     ("OnlineScorer.score", "ecseq/online.py", "results (OnlineScore + explanation)"),
     ("decode_event", "", "decode"),
     (None, "ecseq/history.py", "state: UserHistory (append, to/from bytes)"),
-    ("SequenceTable.history", "", CHANGELOG),
+    ("HistoryTable.history", "", CHANGELOG),
     ("_as_current", "", CHANGELOG),
     (None, "faust/tables", CHANGELOG),
     (None, "faust/stores", CHANGELOG),
     (None, "rocksdict", CHANGELOG),
     ("score_record", "", "produce (records, JSON, hand-off)"),
     ("PartitionBatches.append", "", "produce (records, JSON, hand-off)"),  # the scores' (the changelog's is
-    ("PartitionBatches.send", "", "produce (records, JSON, hand-off)"),    # under SequenceTable.write)
+    ("PartitionBatches.send", "", "produce (records, JSON, hand-off)"),    # under HistoryTable.write)
     ("Topic.send", "faust/topics.py", "produce (records, JSON, hand-off)"),
     ("Producer.send", "faust/transport", "produce (records, JSON, hand-off)"),
     ("maybe_start_producer", "", "produce (records, JSON, hand-off)"),
@@ -445,9 +446,9 @@ def _framework_area(parts: list[tuple[str, str]]) -> str:
 def classify(frames: list[str]) -> str:
     """Category of one sample (frames root first, as py-spy's raw format writes them)."""
     parts = [_frame_parts(f) for f in frames]
-    # the worker's own table writes (worker/sequences.py): store puts and changelog sends; the bytes
+    # the worker's own table writes (worker/state.py): store puts and changelog sends; the bytes
     # they write are UserHistory's
-    if any(name == "SequenceTable.write" for name, _ in parts) and not any("ecseq/history.py" in path
+    if any(name == "HistoryTable.write" for name, _ in parts) and not any("ecseq/history.py" in path
                                                                            for _, path in parts):
         return CHANGELOG
     for depth in range(len(parts) - 1, -1, -1):
@@ -750,7 +751,7 @@ def main() -> int:
         setup["artifact"] = artifact
         with KafkaCluster(nodes=1) as broker:
             broker_pid = broker.nodes[0].pid
-            faust_io = args.bare_args.split() + worker_like_args(Settings.from_env(extra_env))
+            faust_io = args.bare_args.split() + worker_like_args(WorkerSettings.from_env(extra_env))
             same_io = faust_io + WORKER_IO_ARGS
             specs = {
                 "bare": lambda run: bare_app("bare", run, broker.bootstrap, False, same_io, tmp),

@@ -14,7 +14,7 @@ import torch
 from ecseq.data.datasets import load_dataset
 from ecseq.data.events import EventTable
 from ecseq.features import FeatureSpec
-from ecseq.sequences import SequenceWindows
+from ecseq.windows import SequenceWindows
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

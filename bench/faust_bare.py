@@ -15,7 +15,7 @@ It is its own process, started by bench/bench_worker.py:
 Faust's settings follow the worker's (worker/faust_settings.py) where they shape the
 comparison: the group session timeout (``--session-timeout``, 6 s: Kafka refuses less by
 default), acks=all, the stream buffer, and the worker's Faust patches
-(``worker.faust_compat.apply()``). Nothing listens beyond 127.0.0.1. The
+(``worker.internals.apply()``). Nothing listens beyond 127.0.0.1. The
 ``--hold-acks``/``--crash-app`` discipline is the fix docs/faust-notes.md argues for;
 ``--fail-at``, ``--store rocksdb://`` and ``--no-consistency-check`` exist for the
 experiments described there. ``--direct-send``, ``--max-batch-bytes``, ``--pipeline`` and
@@ -44,9 +44,9 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 import faust
 
 from kafka_io.client import KafkaClientConfig
-from worker import faust_compat
-from worker.batches import PartitionBatches
+from worker import internals
 from worker.micro_batches import micro_batches
+from worker.record_batches import PartitionBatches
 
 
 def bare_settings(args: argparse.Namespace) -> dict:
@@ -84,7 +84,7 @@ def bare_settings(args: argparse.Namespace) -> dict:
 
 
 def build_app(args: argparse.Namespace) -> faust.App:
-    faust_compat.apply()  # the worker's patches of Faust: the ceiling runs on the same framework
+    internals.apply()  # the worker's patches of Faust: the ceiling runs on the same framework
     app = faust.App(args.group, **bare_settings(args))
     source = app.topic(args.input, key_serializer="raw", value_serializer="raw",
                        partitions=args.partitions)
@@ -220,7 +220,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="experiment: raise once while processing the Nth event")
     parser.add_argument("--direct-send", action="store_true",
                         help="outputs as one record batch per partition on the aiokafka producer (as the "
-                             "worker does, worker/batches.py), not Topic.send")
+                             "worker does, worker/record_batches.py), not Topic.send")
     parser.add_argument("--pipeline", type=int, default=0, metavar="N",
                         help="confirm a batch's outputs in the background, at most N batches in flight "
                              "(as the worker does; needs --hold-acks); 0: wait for them before the next batch")

@@ -30,6 +30,7 @@ from compression_builder.service import (
     kafka_announcer,
     run_every,
 )
+from compression_builder.settings import BuilderSettings
 from compression_builder.sources import gather_frame, read_event_file, read_kafka
 from ecseq.artifacts import ArtifactError, ArtifactStore, LoadedArtifact
 from ecseq.artifacts.safe_json import parse_json
@@ -44,7 +45,7 @@ from ecseq.cli import (
 from ecseq.data.datasets import DATASETS, load_dataset
 from ecseq.data.events import DataError
 from ecseq.features import FeatureSpec
-from ecseq.settings import Settings, parse_duration
+from ecseq.settings import parse_duration, variable
 
 if TYPE_CHECKING:
     from kafka_io.client import KafkaClientConfig
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
 EXIT_REFUSED = 3
 
 
-def add_commands(sub, settings: Settings) -> None:
+def add_commands(sub, settings: BuilderSettings) -> None:
     te = sub.add_parser("train-encoder", help="train the feature spec and encoder on an event table; "
                                               "publish a complete artifact built from the same data")
     _add_file_source(te)
@@ -71,9 +72,9 @@ def add_commands(sub, settings: Settings) -> None:
 
     service = sub.add_parser("builder", help="rebuild from Kafka on a schedule (a service), with /metrics")
     service.add_argument("--kafka", metavar="BOOTSTRAP", default=settings.broker,
-                         help=f"Kafka bootstrap servers (default ${Settings.variable('broker')} or {settings.broker})")
+                         help=f"Kafka bootstrap servers (default ${variable('broker')} or {settings.broker})")
     service.add_argument("--every", default=settings.build_every, help="time between builds, e.g. 15m (default "
-                         f"${Settings.variable('build_every')} or {settings.build_every})")
+                         f"${variable('build_every')} or {settings.build_every})")
     service.add_argument("--metrics-port", type=int, default=settings.builder_metrics_port,
                          help="port of the /metrics endpoint (0: none)")
     service.add_argument("--metrics-host", default=settings.metrics_host, help="address /metrics binds")
@@ -98,9 +99,9 @@ def add_commands(sub, settings: Settings) -> None:
         action.set_defaults(run=run, settings=settings)
 
 
-def _add_store_args(p: argparse.ArgumentParser, settings: Settings) -> None:
+def _add_store_args(p: argparse.ArgumentParser, settings: BuilderSettings) -> None:
     p.add_argument("--store", type=Path, default=Path(settings.store),
-                   help=f"artifact store directory (default ${Settings.variable('store')} or {settings.store})")
+                   help=f"artifact store directory (default ${variable('store')} or {settings.store})")
     p.add_argument("--keep", type=int, default=settings.keep_versions, help="versions kept (plus CURRENT)")
 
 
@@ -113,7 +114,7 @@ def _add_file_source(p: argparse.ArgumentParser):
     return source
 
 
-def _add_build_args(p: argparse.ArgumentParser, settings: Settings, since: str | None) -> None:
+def _add_build_args(p: argparse.ArgumentParser, settings: BuilderSettings, since: str | None) -> None:
     _add_store_args(p, settings)
     p.add_argument("--since", default=since, help="use the events of this much event time before the newest, "
                                                   "e.g. 30d (default: " + (since or "all") + ")")
@@ -129,7 +130,7 @@ def _add_build_args(p: argparse.ArgumentParser, settings: Settings, since: str |
     add_relation_args(p)
 
 
-def _add_topic_args(p: argparse.ArgumentParser, settings: Settings) -> None:
+def _add_topic_args(p: argparse.ArgumentParser, settings: BuilderSettings) -> None:
     p.add_argument("--events-topic", default=settings.events_topic)
     p.add_argument("--labels-topic", default=settings.labels_topic)
 

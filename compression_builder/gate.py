@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ecseq.settings import GATE_METRICS
+from compression_builder.settings import GATE_METRICS
 
 # Refusal reasons; the same words label the builder's metrics and appear in report.json.
 NO_POSITIVES = "no_positives"

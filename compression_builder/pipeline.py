@@ -41,13 +41,13 @@ from ecseq.data.splits import Split, split_by_time
 from ecseq.encoders.models import SequenceEncoder, new_encoder
 from ecseq.encoders.training import EncoderTrainConfig, embed_rows, train_encoder
 from ecseq.evaluation.experiment import training_events
-from ecseq.evaluation.metrics import summarize
 from ecseq.features import FeatureSpec
 from ecseq.gnn_training import Labelled
 from ecseq.graph import CompressedGraph, normalise
+from ecseq.ranking import summarize
 from ecseq.relation import RelationConfig, encoder_logits, fit_compressed
 from ecseq.scoring import ScoreBatch
-from ecseq.sequences import SequenceWindows
+from ecseq.windows import SequenceWindows
 
 log = logging.getLogger("ecseq.builder")
 SCORE_BATCH = 4096

@@ -27,7 +27,7 @@ from ecseq.data.events import (
     parse_timestamps,
     read_frame,
 )
-from ecseq.data.records import (
+from ecseq.decoding import (
     BAD_JSON,
     EMPTY,
     NOT_OBJECT,

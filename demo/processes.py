@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ecseq.data.events import DataError
-from ecseq.settings import Settings
+from ecseq.settings import variable
 from kafka_io.broker import die_with_parent
 
 PIDS_FILE = "pids.json"
@@ -141,4 +141,4 @@ def wait_ready(child: Child, url: str, timeout: float) -> dict:
 
 def child_env(**settings: str | int) -> dict[str, str]:
     """This process's environment plus ECSEQ_* settings (name -> value), for a child."""
-    return {**os.environ, **{Settings.variable(name): str(value) for name, value in settings.items()}}
+    return {**os.environ, **{variable(name): str(value) for name, value in settings.items()}}

@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from demo.replay import ReplayProgress
 from kafka_io.client import KafkaClientConfig
 from kafka_io.topics import partition_counts
-from worker.records import HEADER_PREFIX
+from worker.outputs import HEADER_PREFIX
 
 REASON_HEADER = HEADER_PREFIX + "reason"
 TTY_EVERY = 0.25  # seconds between redraws of the one live line on a terminal

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaProducer
 
 from ecseq.data.cleaning import BAD_TYPE, MISSING_FIELD, NON_FINITE
 from ecseq.data.events import EVENT_ID, LABEL, TS, USER
-from ecseq.data.records import BAD_JSON
+from ecseq.decoding import BAD_JSON
 from kafka_io.client import KafkaClientConfig
 
 LABEL_DELAY_EVENTS = 200  # a label is sent right after the event this many events later

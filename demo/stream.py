@@ -18,8 +18,8 @@ from demo.processes import Children
 from demo.progress import Display, Scores, follow, progress_line
 from demo.replay import ReplayPlan, ReplayProgress, send
 from ecseq.artifacts import ArtifactStore
-from ecseq.settings import Settings
 from kafka_io.client import KafkaClientConfig
+from kafka_io.settings import KafkaSettings
 
 TICK = 0.1
 DRAIN_SECONDS = 120.0  # after the replay: for the last scores and the build's verdict
@@ -39,8 +39,8 @@ def _complete(plan: ReplayPlan, scores: Scores) -> bool:
     return plan.valid_ids <= scores.seen.keys() and scores.dead_letters.total() >= sum(plan.injected.values())
 
 
-async def run_stream(plan: ReplayPlan, rate: float, kafka: KafkaClientConfig, settings: Settings, children: Children,
-                     start_builder: Callable[[], None], store: ArtifactStore, first: str,
+async def run_stream(plan: ReplayPlan, rate: float, kafka: KafkaClientConfig, settings: KafkaSettings,
+                     children: Children, start_builder: Callable[[], None], store: ArtifactStore, first: str,
                      display: Display) -> StreamResult:
     scores, replay, stop = Scores(), ReplayProgress(), asyncio.Event()
     reader = asyncio.create_task(follow(kafka, settings.scores_topic, settings.dead_letter_topic, scores, stop))

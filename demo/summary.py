@@ -17,7 +17,7 @@ from demo.builds import FORCED_WHY, Build, gate_line
 from demo.progress import Seen
 from demo.replay import ReplayPlan
 from demo.stream import StreamResult
-from ecseq.evaluation.metrics import summarize
+from ecseq.ranking import summarize
 
 PERCENTILES = (50, 90, 99)
 METRICS = (("auc", "AUC"), ("ap", "AP"), ("r_at_p90", "R@P0.9"))

@@ -15,9 +15,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from itertools import repeat
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 CLIP = 5.0
 
@@ -75,6 +78,8 @@ class FeatureSpec:
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         """Events (rows of `frame`, any extra columns ignored) -> float32 matrix (n, dim)."""
+        import pandas as pd  # frames are the offline path: serving featurises arrays and never loads pandas
+
         numeric = np.empty((len(frame), len(self.numeric)), dtype=np.float64)
         for j, f in enumerate(self.numeric):
             numeric[:, j] = pd.to_numeric(frame[f.name], errors="coerce").to_numpy(dtype=np.float64)

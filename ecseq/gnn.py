@@ -12,11 +12,13 @@ starts at exactly zero, so training begins from the encoder's score instead of f
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ecseq.graph import Neighbours
+from ecseq.graph import Attachment, CompressedGraph, Neighbours
 
 LAYERS = ("sage_mean", "sage_max", "gcn", "gat")
 
@@ -142,3 +144,15 @@ class RelationGNN(nn.Module):
         if coef.dim() == 3:  # max pooling: a slot contributes on the dimensions it won
             return (per_dim * coef).sum(2)
         return per_dim.sum(2) * coef
+
+
+@dataclass
+class RelationModel:
+    """What scoring needs of a fitted relation part: the graph, the GNN over it and the edge rule."""
+
+    graph: CompressedGraph
+    gnn: RelationGNN
+    attachment: Attachment
+    dense: bool = True  # compressed graph (dense attach) or full graph (ecseq.full_graph's faiss index)
+    max_neighbours: int = 64  # full graph only: edges kept per new node
+    stage_seconds: dict[str, float] = field(default_factory=dict)

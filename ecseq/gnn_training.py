@@ -18,8 +18,8 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from ecseq.evaluation.metrics import roc_auc
 from ecseq.gnn import RelationGNN
+from ecseq.ranking import roc_auc
 
 
 @dataclass(frozen=True)

@@ -4,15 +4,14 @@ A compressed node stands for a cluster of training sequences: its feature is the
 embedding, with their positive rate and count kept for the GNN and for explanations. New nodes
 get directed edges *from* their most similar graph nodes (top-k, above a cosine threshold);
 new nodes never link to each other, so a batch scores exactly like single events. The same
-attachment also serves the full-graph baseline, where every training sequence is its own node
-and a faiss index does the search.
+rule also serves the full-graph baseline (``ecseq.full_graph``), where every training sequence
+is its own node and a faiss index does the search; serving never needs it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import faiss
 import numba
 import numpy as np
 import torch
@@ -110,6 +109,7 @@ class Neighbours:
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (nodes attach by cosine similarity); all-zero rows stay zero."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
@@ -182,30 +182,3 @@ class DenseAttacher:
         sim = torch.nn.functional.normalize(embeddings.detach(), dim=1) @ self.nodes_t
         values, index = top_k_rows(sim.numpy(), self.slots)
         return Neighbours.from_search(values, index, self.attachment.epsilon)
-
-
-class IndexAttacher:
-    """Attaches through a faiss inner-product index: the full-graph baseline over N nodes.
-
-    Same rule as DenseAttacher; exhaustive (flat) search, so the cost is the honest cost of
-    looking at all N training sequences.
-    """
-
-    def __init__(self, graph: CompressedGraph, attachment: Attachment, max_neighbours: int = 64,
-                 exclude_self: bool = False) -> None:
-        self.index = faiss.IndexFlatIP(graph.centroids.shape[1])
-        self.index.add(normalise(graph.centroids))
-        self.attachment = attachment
-        self.slots = attachment.slots(max_neighbours)
-        self.exclude_self = exclude_self
-
-    def __call__(self, embeddings: torch.Tensor) -> Neighbours:
-        query = normalise(embeddings.detach().numpy())
-        extra = int(self.exclude_self)
-        sim, idx = self.index.search(query, self.slots + extra)
-        if extra:  # training on the graph's own members (query i is node i): drop each query's own node
-            # not simply the first hit: identical embeddings tie with the query in any order
-            own = idx == np.arange(len(idx))[:, None]
-            own[:, -1] |= ~own.any(1)  # own node not among the hits (many ties): drop the weakest
-            sim, idx = sim[~own].reshape(len(idx), self.slots), idx[~own].reshape(len(idx), self.slots)
-        return Neighbours.from_search(sim, idx, self.attachment.epsilon)

@@ -43,7 +43,7 @@ from itertools import accumulate, pairwise
 
 import numpy as np
 
-from ecseq.data.records import Event, EventSchema
+from ecseq.decoding import Event, EventSchema
 
 FORMAT_VERSION = 1
 NOT_KEPT = -1  # append's answer for an event older than every event of a full history

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ecseq.artifacts import LoadedArtifact
-from ecseq.data.records import EventSchema
+from ecseq.decoding import EventSchema
 from ecseq.history import UserHistory
 from ecseq.scoring import Lap
 

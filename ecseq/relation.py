@@ -19,9 +19,10 @@ import torch
 
 from ecseq.compression import compress
 from ecseq.encoders.models import SequenceEncoder
-from ecseq.gnn import RelationGNN
+from ecseq.full_graph import IndexAttacher
+from ecseq.gnn import RelationGNN, RelationModel
 from ecseq.gnn_training import GNNTrainConfig, Labelled, train_gnn
-from ecseq.graph import Attachment, CompressedGraph, DenseAttacher, IndexAttacher
+from ecseq.graph import Attachment, CompressedGraph, DenseAttacher
 
 CENTROID_MODES = ("disjoint", "shared")
 
@@ -40,16 +41,6 @@ class RelationConfig:
     centroids: str = "disjoint"
     gnn: GNNTrainConfig = field(default_factory=GNNTrainConfig)
     max_neighbours: int = 64  # edge cap per new node when no top_k is set
-
-
-@dataclass
-class RelationModel:
-    graph: CompressedGraph
-    gnn: RelationGNN
-    attachment: Attachment
-    dense: bool = True  # compressed graph (dense attach) or full graph (faiss index)
-    max_neighbours: int = 64  # full graph only: edges kept per new node
-    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def _new_gnn(dim: int, config: RelationConfig) -> RelationGNN:

@@ -15,11 +15,12 @@ import torch
 from torch.nn import functional as F
 
 from ecseq.encoders.models import SequenceEncoder
-from ecseq.graph import CompressedGraph, DenseAttacher, IndexAttacher
-from ecseq.relation import RelationModel
+from ecseq.gnn import RelationModel
+from ecseq.graph import CompressedGraph, DenseAttacher, Neighbours
 from ecseq.serving_kernels import sage_mean_scores
 
 Lap = Callable[[str], None]  # told the name of each stage as it ends (the worker's latency metrics)
+Attacher = Callable[[torch.Tensor], Neighbours]  # embeddings -> their edges from the graph
 
 
 @dataclass(frozen=True)
@@ -46,19 +47,23 @@ class ScoreBatch:
 
 
 class Scorer:
-    def __init__(self, encoder: SequenceEncoder, model: RelationModel, explain_k: int = 3) -> None:
+    def __init__(self, encoder: SequenceEncoder, model: RelationModel, explain_k: int = 3,
+                 attach: Attacher | None = None) -> None:
+        """`attach`: how embeddings find their edges; a compressed (dense) model attaches to every
+        node by default, a full-graph one needs ``ecseq.full_graph.IndexAttacher``."""
         self.encoder = encoder.eval()
         self.gnn = model.gnn.eval()
         self.graph = model.graph
         self.explain_k = explain_k
-        if model.dense:
-            self.attach = DenseAttacher(model.graph, model.attachment, model.max_neighbours)
-        else:
-            self.attach = IndexAttacher(model.graph, model.attachment, model.max_neighbours)
+        if attach is None:
+            if not model.dense:
+                raise ValueError("a full-graph model attaches through an index: pass ecseq.full_graph.IndexAttacher")
+            attach = DenseAttacher(model.graph, model.attachment, model.max_neighbours)
+        self.attach = attach
         with torch.inference_mode():
             node_x = torch.from_numpy(model.graph.node_features(self.gnn.config["use_label_rate"]))
             self.messages = self.gnn.node_messages(node_x)
-        self.fused = model.dense and self.gnn.config["layer"] == "sage_mean"
+        self.fused = isinstance(attach, DenseAttacher) and self.gnn.config["layer"] == "sage_mean"
         if self.fused:
             self._messages_np = self.messages.numpy()
             self._out_w = self.gnn.out.weight.detach()[0].numpy().copy()

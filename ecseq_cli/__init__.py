@@ -16,7 +16,7 @@ from demo import cli as demo_cli
 from ecseq import cli as core_cli
 from ecseq.artifacts import ArtifactError, StoreBusy
 from ecseq.data.events import DataError
-from ecseq.settings import Settings
+from ecseq_cli.settings import Settings
 from kafka_io import cli as kafka_cli
 from kafka_io.broker import BrokerError
 from worker import cli as worker_cli

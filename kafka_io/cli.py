@@ -7,15 +7,15 @@ import signal
 import sys
 from pathlib import Path
 
-from ecseq.settings import Settings
 from kafka_io.broker import KafkaCluster
 from kafka_io.jars import kafka_version
+from kafka_io.settings import KafkaSettings
 from kafka_io.topics import ensure_topics
 
 TOPIC_FIELDS = ("events_topic", "scores_topic", "labels_topic", "dead_letter_topic", "artifacts_topic")
 
 
-def add_commands(sub, settings: Settings) -> None:
+def add_commands(sub, settings: KafkaSettings) -> None:
     broker = sub.add_parser("broker", help=f"run Apache Kafka {kafka_version()} (KRaft) on loopback in the foreground")
     broker.add_argument("--port", type=int, default=9092, help="client port of the first node (0: any free port)")
     broker.add_argument("--brokers", type=int, default=1, help="nodes in the cluster (each a broker and a controller)")
@@ -32,7 +32,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
     cluster = KafkaCluster(nodes=args.brokers, port=args.port, sasl_ssl=args.sasl_ssl, workdir=args.data_dir)
     try:
         cluster.start()
-        settings: Settings = args.settings
+        settings: KafkaSettings = args.settings
         topics = {getattr(settings, field): args.partitions for field in TOPIC_FIELDS}
         ensure_topics(cluster.bootstrap, topics, compacted=[settings.artifacts_topic],
                       replication_factor=settings.replication_factor,

@@ -19,8 +19,9 @@ from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaError
 from aiokafka.protocol.metadata import MetadataRequest
 
-from ecseq.settings import Settings
+from ecseq.settings import variable
 from kafka_io.errors import BrokerError
+from kafka_io.settings import KafkaSettings
 
 # aiokafka's connection logger dumps the SASL PLAIN handshake, password included, at DEBUG
 _conn_log = logging.getLogger("aiokafka.conn")
@@ -52,24 +53,24 @@ class KafkaClientConfig:
 
     def __post_init__(self) -> None:
         if not self.bootstrap.strip():
-            raise KafkaConfigError(f"{Settings.variable('broker')} is empty: give host:port[,host:port...]")
+            raise KafkaConfigError(f"{variable('broker')} is empty: give host:port[,host:port...]")
         if self.security_protocol not in PROTOCOLS:
-            raise KafkaConfigError(f"{Settings.variable('kafka_security_protocol')}={self.security_protocol!r} "
+            raise KafkaConfigError(f"{variable('kafka_security_protocol')}={self.security_protocol!r} "
                                    f"is not one of {', '.join(PROTOCOLS)}")
         if self.sasl and self.sasl_mechanism not in MECHANISMS:
-            raise KafkaConfigError(f"{Settings.variable('kafka_sasl_mechanism')}={self.sasl_mechanism!r} "
+            raise KafkaConfigError(f"{variable('kafka_sasl_mechanism')}={self.sasl_mechanism!r} "
                                    f"is not one of {', '.join(MECHANISMS)}")
         if self.sasl and not self.username:
-            raise KafkaConfigError(f"{self.security_protocol} needs {Settings.variable('kafka_username')}")
+            raise KafkaConfigError(f"{self.security_protocol} needs {variable('kafka_username')}")
         if self.sasl and not (self.password or self.password_file):
-            raise KafkaConfigError(f"{self.security_protocol} needs {Settings.variable('kafka_password')} or "
-                                   f"{Settings.variable('kafka_password_file')}")
+            raise KafkaConfigError(f"{self.security_protocol} needs {variable('kafka_password')} or "
+                                   f"{variable('kafka_password_file')}")
         if bool(self.cert_file) != bool(self.key_file):
-            raise KafkaConfigError(f"{Settings.variable('kafka_cert_file')} and {Settings.variable('kafka_key_file')} "
+            raise KafkaConfigError(f"{variable('kafka_cert_file')} and {variable('kafka_key_file')} "
                                    "go together (mTLS)")
 
     @classmethod
-    def from_settings(cls, settings: Settings, bootstrap: str | None = None) -> KafkaClientConfig:
+    def from_settings(cls, settings: KafkaSettings, bootstrap: str | None = None) -> KafkaClientConfig:
         return cls(bootstrap=bootstrap or settings.broker, security_protocol=settings.kafka_security_protocol.upper(),
                    sasl_mechanism=settings.kafka_sasl_mechanism.upper(), username=settings.kafka_username,
                    password=settings.kafka_password, password_file=settings.kafka_password_file,
@@ -100,10 +101,10 @@ class KafkaClientConfig:
             text = path.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-            raise KafkaConfigError(f"{Settings.variable('kafka_password_file')}={path}: "
+            raise KafkaConfigError(f"{variable('kafka_password_file')}={path}: "
                                    f"cannot read it ({reason})") from None
         if not text:
-            raise KafkaConfigError(f"{Settings.variable('kafka_password_file')}={path} is empty")
+            raise KafkaConfigError(f"{variable('kafka_password_file')}={path} is empty")
         return text
 
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -115,14 +116,14 @@ class KafkaClientConfig:
             try:
                 context.load_verify_locations(cafile=self.ca_file)
             except (OSError, ssl.SSLError) as exc:
-                raise KafkaConfigError(f"{Settings.variable('kafka_ca_file')}={self.ca_file}: "
+                raise KafkaConfigError(f"{variable('kafka_ca_file')}={self.ca_file}: "
                                        f"not a readable PEM CA bundle ({_reason(exc)})") from None
         if self.cert_file:
             try:
                 context.load_cert_chain(self.cert_file, self.key_file)
             except (OSError, ssl.SSLError) as exc:
-                raise KafkaConfigError(f"{Settings.variable('kafka_cert_file')}={self.cert_file} / "
-                                       f"{Settings.variable('kafka_key_file')}={self.key_file}: "
+                raise KafkaConfigError(f"{variable('kafka_cert_file')}={self.cert_file} / "
+                                       f"{variable('kafka_key_file')}={self.key_file}: "
                                        f"not a usable certificate and key ({_reason(exc)})") from None
         return context
 
@@ -153,7 +154,7 @@ class KafkaClientConfig:
         for host in self.hosts:
             name, _, port = host.rpartition(":")
             if not name or not port.isdigit():
-                raise KafkaConfigError(f"{Settings.variable('broker')}: {host!r} is not host:port")
+                raise KafkaConfigError(f"{variable('broker')}: {host!r} is not host:port")
             conn = None
             try:
                 conn = await asyncio.wait_for(create_conn(
@@ -177,21 +178,21 @@ class KafkaClientConfig:
         if isinstance(exc, ssl.SSLCertVerificationError) or isinstance(cause, ssl.SSLCertVerificationError):
             ca = self.ca_file or "the system CA store"
             return (f"the broker's TLS certificate is not trusted by {ca} ({text}); "
-                    f"check {Settings.variable('kafka_ca_file')}")
+                    f"check {variable('kafka_ca_file')}")
         if isinstance(exc, ssl.SSLError):
             return f"TLS handshake failed ({text}): is this a TLS listener?"
         lowered = text.lower()
         if "authentication failed" in lowered or ("sasl" in lowered and "failed" in lowered):
             return (f"authentication failed for user {self.username!r} ({self.sasl_mechanism}): check "
-                    f"{Settings.variable('kafka_username')} and the password")
+                    f"{variable('kafka_username')} and the password")
         if isinstance(exc, ConnectionRefusedError) or "connect call failed" in lowered:
             return "connection refused (no broker listens there)"
         if isinstance(exc, TimeoutError):
-            return ("no answer in time" + (" (a TLS listener? set " + Settings.variable("kafka_security_protocol")
+            return ("no answer in time" + (" (a TLS listener? set " + variable("kafka_security_protocol")
                                            + ")" if not self.tls else ""))
         if "closed" in lowered or "reset" in lowered or "eof" in lowered:
             return (f"the broker closed the connection: is this a {self.security_protocol} listener? "
-                    f"(here {Settings.variable('kafka_security_protocol')}={self.security_protocol}; "
+                    f"(here {variable('kafka_security_protocol')}={self.security_protocol}; "
                     "a listener that expects TLS or SASL closes a client that does not speak it)")
         return text
 

@@ -19,8 +19,8 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from ecseq.settings import Settings
 from kafka_io.errors import BrokerError
+from kafka_io.settings import KafkaSettings
 
 log = logging.getLogger("kafka_io")
 
@@ -45,7 +45,7 @@ def kafka_version() -> str:
 
 
 def cache_dir() -> Path:
-    return Path(Settings.from_env().kafka_cache).expanduser()
+    return Path(KafkaSettings.from_env().kafka_cache).expanduser()
 
 
 def java_binary() -> str:

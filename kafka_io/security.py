@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
-from ecseq.settings import Settings
+from ecseq.settings import variable
 
 USERNAME = "ecseq"
 MECHANISM = "SCRAM-SHA-512"
@@ -54,7 +54,7 @@ class SaslSslMaterial:
         values = {"broker": bootstrap, "kafka_security_protocol": "SASL_SSL", "kafka_sasl_mechanism": MECHANISM,
                   "kafka_username": self.username, "kafka_password_file": str(self.password_file),
                   "kafka_ca_file": str(self.ca_file)}
-        return {Settings.variable(name): value for name, value in values.items()}
+        return {variable(name): value for name, value in values.items()}
 
 
 def write_sasl_ssl_material(folder: Path) -> SaslSslMaterial:

@@ -38,7 +38,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, NodeNotReadyError, RequestTimedOutError, for_code
 
-from ecseq.settings import Settings
+from ecseq.settings import variable
 from kafka_io.client import KafkaClientConfig
 from kafka_io.errors import BrokerError
 
@@ -174,11 +174,11 @@ def replication_for(brokers: int, replication_factor: int = 0, min_insync_replic
     """
     factor = replication_factor or min(3, brokers)
     if factor > brokers:
-        raise BrokerError(f"replication factor {factor} ({Settings.variable('replication_factor')}) needs "
+        raise BrokerError(f"replication factor {factor} ({variable('replication_factor')}) needs "
                           f"{factor} brokers; the cluster has {brokers}")
     insync = min_insync_replicas or (2 if factor >= 3 else 1)
     if insync > factor:
-        raise BrokerError(f"min.insync.replicas {insync} ({Settings.variable('min_insync_replicas')}) is above "
+        raise BrokerError(f"min.insync.replicas {insync} ({variable('min_insync_replicas')}) is above "
                           f"the replication factor {factor}")
     return factor, insync
 

@@ -24,24 +24,25 @@ import orjson
 import torch
 
 from ecseq.artifacts import ArtifactStore
-from ecseq.data.records import Event, decode_event
+from ecseq.decoding import Event, decode_event
 from ecseq.history import NOT_KEPT, UserHistory
-from ecseq.settings import Settings, parse_duration
+from ecseq.settings import parse_duration
 from kafka_io.client import KafkaClientConfig
 from kafka_io.topics import ensure_topics
-from worker import faust_compat, views
-from worker.batches import PartitionBatches
+from worker import internals, views
+from worker.artifact_follower import SWAPPED, ArtifactFollower, announced_version
 from worker.faust_settings import faust_settings
 from worker.health import PROBE_SECONDS, Health
 from worker.metrics import WorkerMetrics, observe_many
 from worker.micro_batches import micro_batches
-from worker.records import ID_REUSED, TOO_LATE, Source, dead_letter, score_record
-from worker.sequences import TABLE, SequenceTable
-from worker.serving import SWAPPED, ArtifactFollower, announced_version
+from worker.outputs import ID_REUSED, TOO_LATE, Source, dead_letter, score_record
+from worker.record_batches import PartitionBatches
+from worker.settings import WorkerSettings
+from worker.state import TABLE, HistoryTable
 
 log = logging.getLogger("ecseq.worker")
 
-# The producer's batch size bounds each record batch the worker builds (worker/batches.py). aiokafka
+# The producer's batch size bounds each record batch the worker builds (worker/record_batches.py). aiokafka
 # keeps one produce request in flight per broker and hands over a partition's next batch only once
 # the previous one is drained, so a micro-batch split into several batches per partition (Faust's
 # 16 KB default holds ~24 score records or ~9 sequences) waits several broker round trips; one batch
@@ -58,17 +59,17 @@ def history_limit(window: int) -> int:
     return window + HISTORY_SLACK
 
 
-def repartition_topic(settings: Settings) -> str:
+def repartition_topic(settings: WorkerSettings) -> str:
     """Where events keyed by anything but their user are forwarded, keyed by user."""
     return f"{settings.app_id}-events-by-user"
 
 
-def changelog_topic(settings: Settings) -> str:
+def changelog_topic(settings: WorkerSettings) -> str:
     """The sequence table's changelog (Faust's name for it: ``{app id}-{table}-changelog``)."""
     return f"{settings.app_id}-{TABLE}-changelog"
 
 
-def prepare_topics(settings: Settings, kafka: KafkaClientConfig) -> tuple[int, int]:
+def prepare_topics(settings: WorkerSettings, kafka: KafkaClientConfig) -> tuple[int, int]:
     """Create every topic the worker reads or writes that is missing, replicated to suit the cluster;
     returns (replication factor, min.insync.replicas). Fails with one line if Kafka refuses us."""
     partitioned = (settings.events_topic, settings.scores_topic, settings.dead_letter_topic,
@@ -80,9 +81,9 @@ def prepare_topics(settings: Settings, kafka: KafkaClientConfig) -> tuple[int, i
 
 
 class Worker:
-    """The Faust app with its topics, table, agents, timers and web views, built from Settings."""
+    """The Faust app with its topics, table, agents, timers and web views, built from WorkerSettings."""
 
-    def __init__(self, settings: Settings, kafka: KafkaClientConfig, replication: tuple[int, int] = (1, 1),
+    def __init__(self, settings: WorkerSettings, kafka: KafkaClientConfig, replication: tuple[int, int] = (1, 1),
                  metrics: WorkerMetrics | None = None) -> None:
         """``replication``: (replication factor, min.insync.replicas) of the topics Faust declares
         (the changelog and repartition topics), as `prepare_topics` chose them."""
@@ -95,13 +96,13 @@ class Worker:
             torch.set_num_threads(1)
         self.follower = ArtifactFollower(ArtifactStore(settings.store, keep=settings.keep_versions), self.metrics)
         self._batch_within = parse_duration(settings.batch_within)
-        faust_compat.apply()
+        internals.apply()
         self.app = faust.App(settings.app_id, **faust_settings(settings, kafka, replication[0]), **PRODUCER_TUNING)
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
         self.repartition_topic = self.app.topic(repartition_topic(settings), **raw)
         self.dead_letter_topic = self.app.topic(settings.dead_letter_topic, **raw)
         self.artifacts_topic = self.app.topic(settings.artifacts_topic, **raw)
-        self.sequences = SequenceTable(self.app, settings.partitions, settings.state_cache_bytes,
+        self.histories = HistoryTable(self.app, settings.partitions, settings.state_cache_bytes,
                                        settings.max_state_bytes, self.metrics.trimmed_states,
                                        {"min.insync.replicas": str(replication[1])})
         self.served = asyncio.Event()
@@ -197,7 +198,7 @@ class Worker:
             if decoded.user_id in latest:  # the user's earlier events in this batch keep their windows
                 history = latest[decoded.user_id][0].copy()
             else:
-                history = self.sequences.history(decoded.user_id, scorer.schema)
+                history = self.histories.history(decoded.user_id, scorer.schema)
             known = decoded.event_id in history
             if known and not history.holds(decoded):  # a redelivery is scored again; new content is not it
                 pending.append(await self._dead_letter(event.message, ID_REUSED, source))
@@ -213,11 +214,11 @@ class Worker:
             positions.append(position)
             kept.append((decoded, source))
         # Straight to the aiokafka producer under Faust's, one record batch per partition (see
-        # worker/batches.py): Topic.send's FutureMessage, callbacks and sensors cost ~40 us a record
+        # worker/record_batches.py): Topic.send's FutureMessage, callbacks and sensors cost ~40 us a record
         await self.app.maybe_start_producer()
-        producer = faust_compat.aiokafka_producer(self.app)
+        producer = internals.aiokafka_producer(self.app)
         updates = [(user, history, partition) for user, (history, partition) in latest.items()]
-        pending.append(await self.sequences.write(updates, producer))
+        pending.append(await self.histories.write(updates, producer))
         lap("state")
 
         scores = scorer.score(histories, positions, lap) if histories else []

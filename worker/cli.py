@@ -9,10 +9,11 @@ from pathlib import Path
 
 from ecseq.artifacts import ArtifactStore
 from ecseq.data.events import DataError
-from ecseq.settings import Settings
+from ecseq.settings import variable
+from worker.settings import WorkerSettings
 
 
-def add_commands(sub, settings: Settings) -> None:
+def add_commands(sub, settings: WorkerSettings) -> None:
     worker = sub.add_parser("worker", help="score the events topic in real time (faust-streaming worker)")
     worker.add_argument("--loglevel", default="info", choices=("debug", "info", "warning", "error"))
     worker.set_defaults(run=cmd_worker, settings=settings)
@@ -21,16 +22,16 @@ def add_commands(sub, settings: Settings) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     # the worker's dependencies load only for this command
     from kafka_io.client import KafkaClientConfig
-    from worker import faust_compat
+    from worker import internals
     from worker.app import Worker, prepare_topics
     from worker.metrics import WorkerMetrics
     from worker.runner import WorkerRunner
     from worker.startup import wait_for_kafka
 
-    settings: Settings = args.settings
+    settings: WorkerSettings = args.settings
     try:
-        faust_compat.check()
-    except faust_compat.FaustCompatError as exc:
+        internals.check()
+    except internals.FaustCompatError as exc:
         print(f"ecseq: error: {exc}", file=sys.stderr)
         return 2
     kafka = KafkaClientConfig.from_settings(settings)
@@ -48,7 +49,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_paths(settings: Settings) -> None:
+def _check_paths(settings: WorkerSettings) -> None:
     """The store and the data directory are usable, before any wait for Kafka (DataError naming which)."""
     for name, make in (("store", ArtifactStore),
                        ("data_dir", lambda path: Path(path).mkdir(parents=True, exist_ok=True))):
@@ -58,4 +59,4 @@ def _check_paths(settings: Settings) -> None:
             if not os.access(path, os.W_OK | os.X_OK):
                 raise PermissionError(13, "not writable")
         except OSError as exc:
-            raise DataError(f"{Settings.variable(name)}={path}: cannot use it ({exc.strerror or exc})") from None
+            raise DataError(f"{variable(name)}={path}: cannot use it ({exc.strerror or exc})") from None

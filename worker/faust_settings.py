@@ -1,4 +1,4 @@
-"""Faust's configuration, derived from the ecseq Settings (one source of truth: ECSEQ_* variables).
+"""Faust's configuration, derived from the ecseq WorkerSettings (one source of truth: ECSEQ_* variables).
 
 The session timeout is short because a replica that died should lose its partitions within
 seconds, not minutes. Web views are ours (/health, /ready, /metrics); Faust's own stats pages
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import faust
 
-from ecseq.settings import Settings, parse_duration
+from ecseq.settings import parse_duration
 from kafka_io.client import KafkaClientConfig
+from worker.settings import WorkerSettings
 
 
 def broker_credentials(kafka: KafkaClientConfig) -> faust.types.auth.CredentialsT | None:
@@ -24,7 +25,7 @@ def broker_credentials(kafka: KafkaClientConfig) -> faust.types.auth.Credentials
     return None
 
 
-def faust_settings(settings: Settings, kafka: KafkaClientConfig, replication_factor: int = 1) -> dict:
+def faust_settings(settings: WorkerSettings, kafka: KafkaClientConfig, replication_factor: int = 1) -> dict:
     session = parse_duration(settings.session_timeout)
     return {
         "broker": [f"kafka://{host}" for host in kafka.hosts],
@@ -40,7 +41,7 @@ def faust_settings(settings: Settings, kafka: KafkaClientConfig, replication_fac
         "broker_rebalance_timeout": session,
         "broker_commit_interval": 1.0,
         "stream_buffer_maxsize": 4096,
-        "producer_linger": 0.0,  # outputs go out as whole record batches (worker/batches.py): nothing to wait for
+        "producer_linger": 0.0,  # outputs go out as whole record batches (worker/record_batches.py)
         "producer_acks": -1,
         "web_enabled": True,
         "web_bind": settings.web_host,

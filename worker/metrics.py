@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
-from ecseq.data.records import REASONS
-from worker.records import ID_REUSED, TOO_LATE
+from ecseq.decoding import REASONS
+from worker.outputs import ID_REUSED, TOO_LATE
 
 DEAD_LETTER_REASONS = (*REASONS, TOO_LATE, ID_REUSED)
 # 50 us .. 10 s: one stage of a batch is often well under a millisecond

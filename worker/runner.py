@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import faust
 
-from worker import faust_compat
+from worker import internals
 from worker.logs import RepeatFilter
 
 log = logging.getLogger("ecseq.worker")
@@ -37,7 +37,7 @@ class WorkerRunner(faust.Worker):
 
     def install_signal_handlers(self) -> None:
         super().install_signal_handlers()
-        for signum, stop in faust_compat.stop_signal_handlers(self).items():
+        for signum, stop in internals.stop_signal_handlers(self).items():
             self.loop.add_signal_handler(signum, self._bounded(stop))
 
     def _bounded(self, stop: Callable[[], None]) -> Callable[[], None]:

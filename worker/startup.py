@@ -19,10 +19,10 @@ from aiohttp import web
 from aiokafka.errors import KafkaError
 from prometheus_client import generate_latest
 
-from ecseq.settings import Settings
 from kafka_io.client import KafkaClientConfig
 from kafka_io.errors import BrokerError
 from worker.metrics import WorkerMetrics
+from worker.settings import WorkerSettings
 from worker.views import PROMETHEUS_TEXT
 
 log = logging.getLogger("ecseq.worker")
@@ -30,7 +30,7 @@ log = logging.getLogger("ecseq.worker")
 RETRY_SECONDS = 10.0
 
 
-async def _wait(settings: Settings, attempt: Callable[[], tuple[int, int]], metrics: WorkerMetrics,
+async def _wait(settings: WorkerSettings, attempt: Callable[[], tuple[int, int]], metrics: WorkerMetrics,
                 retry_seconds: float) -> tuple[int, int] | None:
     reason = "connecting to Kafka"
 
@@ -76,7 +76,7 @@ async def _wait(settings: Settings, attempt: Callable[[], tuple[int, int]], metr
             await runner.cleanup()
 
 
-def wait_for_kafka(settings: Settings, kafka: KafkaClientConfig, attempt: Callable[[], tuple[int, int]],
+def wait_for_kafka(settings: WorkerSettings, kafka: KafkaClientConfig, attempt: Callable[[], tuple[int, int]],
                    metrics: WorkerMetrics, retry_seconds: float = RETRY_SECONDS) -> tuple[int, int] | None:
     """Run ``attempt`` (connect and create topics) until it succeeds; None if stopped first."""
     log.info("connecting to Kafka at %s", kafka.describe())

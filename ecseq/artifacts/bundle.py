@@ -13,8 +13,7 @@ from ecseq.artifacts.names import ENCODER, FEATURE_SPEC, GNN, GOLDEN, GRAPH
 from ecseq.artifacts.safe_npz import npz_bytes
 from ecseq.encoders.models import SequenceEncoder
 from ecseq.features import FeatureSpec
-from ecseq.gnn import RelationGNN
-from ecseq.relation import RelationModel
+from ecseq.gnn import RelationGNN, RelationModel
 from ecseq.scoring import Scorer
 
 

@@ -37,9 +37,8 @@ from ecseq.artifacts.safe_json import parse_json
 from ecseq.artifacts.safe_npz import read_npz
 from ecseq.encoders.models import SequenceEncoder
 from ecseq.features import FeatureSpec
-from ecseq.gnn import RelationGNN
+from ecseq.gnn import RelationGNN, RelationModel
 from ecseq.graph import Attachment, CompressedGraph
-from ecseq.relation import RelationModel
 from ecseq.scoring import Scorer
 
 GOLDEN_TOLERANCE = 1e-5

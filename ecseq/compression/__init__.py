@@ -8,10 +8,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ecseq.compression._common import l2_normalize
 from ecseq.compression.balanced import balanced_kmeans
 from ecseq.compression.kmeans import kmeans
 from ecseq.compression.structural import structural
+from ecseq.graph import normalise
 
 METHODS: tuple[str, ...] = ("kmeans", "balanced_kmeans", "structural")
 
@@ -60,4 +60,4 @@ def compress(
     _validate(embeddings, labels, method, k, positive_k)
     if len(embeddings) <= k:
         return np.arange(len(embeddings), dtype=np.int64)
-    return _DISPATCH[method](l2_normalize(embeddings), labels, k, positive_k, seed)
+    return _DISPATCH[method](normalise(embeddings), labels, k, positive_k, seed)

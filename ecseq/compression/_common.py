@@ -1,19 +1,9 @@
-"""Helpers shared by the compression methods: cosine-space vectors and seeded faiss k-means."""
+"""Helpers shared by the compression methods: seeded faiss k-means on unit-length rows."""
 
 import faiss
 import numpy as np
 
 KMEANS_ITERATIONS = 20
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Scale rows to unit length, because nodes are later attached by cosine similarity.
-
-    All-zero rows stay zero instead of becoming NaN.
-    """
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.ascontiguousarray(x / np.maximum(norms, np.finfo(np.float32).tiny))
 
 
 def spherical_kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:

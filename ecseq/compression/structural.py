@@ -13,8 +13,8 @@ import faiss
 import numpy as np
 import scipy.sparse as sp
 
-from ecseq.compression._common import l2_normalize
 from ecseq.compression.balanced import balanced_kmeans
+from ecseq.graph import normalise
 
 K_NN = 10
 SMOOTHING_STEPS = 3
@@ -68,4 +68,4 @@ def low_pass(x: np.ndarray, adjacency: sp.csr_matrix, steps: int = SMOOTHING_STE
 def structural(x: np.ndarray, labels: np.ndarray, k: int, positive_k: int, seed: int) -> np.ndarray:
     """Class-balanced k-means on graph-smoothed embeddings, so clusters stay label-pure."""
     smoothed = low_pass(x, knn_graph(x, seed=seed))
-    return balanced_kmeans(l2_normalize(smoothed), labels, k, positive_k, seed)
+    return balanced_kmeans(normalise(smoothed), labels, k, positive_k, seed)

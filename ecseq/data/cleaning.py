@@ -15,22 +15,22 @@ import numpy as np
 import pandas as pd
 
 from ecseq.data.events import (
-    EVENT_ID,
-    LABEL,
-    TS,
-    USER,
     missing_values,
     parse_labels,
     parse_timestamps,
 )
-
-# Why a row was skipped; the same words appear in reports and metric labels.
-MISSING_FIELD = "missing_field"
-BAD_TIMESTAMP = "bad_timestamp"
-BAD_LABEL = "bad_label"
-BAD_TYPE = "bad_type"
-NON_FINITE = "non_finite"
-DUPLICATE_EVENT = "duplicate_event"
+from ecseq.fields import (
+    BAD_LABEL,
+    BAD_TIMESTAMP,
+    BAD_TYPE,
+    DUPLICATE_EVENT,
+    EVENT_ID,
+    LABEL,
+    MISSING_FIELD,
+    NON_FINITE,
+    TS,
+    USER,
+)
 
 
 def drop_bad_rows(frame: pd.DataFrame, numeric: Sequence[str]) -> tuple[pd.DataFrame, Counter]:

@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-USER, TS, LABEL, EVENT_ID = "user_id", "ts", "label", "event_id"
+from ecseq.errors import DataError
+from ecseq.fields import EVENT_ID, LABEL, TS, USER
+
 REQUIRED = (USER, TS, LABEL)
 RESERVED = (USER, TS, LABEL, EVENT_ID)
 CSV_SUFFIXES = (".csv", ".csv.gz")
@@ -24,10 +26,6 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 _LABEL_TEXT = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0, "false": 0.0, "true": 1.0}
 _EPOCH = pd.Timestamp(0, tz="UTC")
 _CLOCK_WORDS = ("now", "today")
-
-
-class DataError(ValueError):
-    """A problem with user-supplied data; its message is one line meant for the user (the CLI prints it and exits 2)."""
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from torch import nn
 from tqdm import tqdm
 
 from ecseq.encoders.models import SequenceEncoder
-from ecseq.evaluation.metrics import roc_auc
-from ecseq.sequences import SequenceWindows
+from ecseq.ranking import roc_auc
+from ecseq.windows import SequenceWindows
 
 
 @dataclass(frozen=True)

@@ -20,19 +20,20 @@ from ecseq.data.splits import Split, split_rows_by_time
 from ecseq.encoders.models import SequenceEncoder, new_encoder
 from ecseq.encoders.training import EncoderTrainConfig, embed_rows, train_encoder
 from ecseq.evaluation.head import LogisticHead
-from ecseq.evaluation.metrics import summarize
 from ecseq.features import FeatureSpec
+from ecseq.full_graph import IndexAttacher
+from ecseq.gnn import RelationModel
 from ecseq.gnn_training import Labelled
 from ecseq.graph import CompressedGraph
+from ecseq.ranking import summarize
 from ecseq.relation import (
     RelationConfig,
-    RelationModel,
     encoder_logits,
     fit_compressed,
     fit_full_graph,
 )
 from ecseq.scoring import Scorer
-from ecseq.sequences import SequenceWindows
+from ecseq.windows import SequenceWindows
 
 METHODS = ("encoder", "head", "ecseq", "full_graph")
 SCENARIOS = ("standard", "refresh")
@@ -163,7 +164,7 @@ def fit_and_score(p: Prepared, fit, relation: RelationConfig) -> MethodResult:
 
 def _score_relation(encoder: SequenceEncoder, model: RelationModel, windows: SequenceWindows,
                     rows: np.ndarray, fit_seconds: float) -> MethodResult:
-    scorer = Scorer(encoder, model)
+    scorer = Scorer(encoder, model, attach=None if model.dense else IndexAttacher.for_model(model))
     neighbours: list[np.ndarray] = []
 
     def score(batch: torch.Tensor) -> np.ndarray:

@@ -7,7 +7,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from ecseq.evaluation.metrics import average_precision, precision_recall_curve
+from ecseq.ranking import average_precision, precision_recall_curve
 
 matplotlib.use("Agg")
 

@@ -73,7 +73,7 @@ def test_kafka_events_are_validated_like_the_worker_validates_them():
     from types import SimpleNamespace
 
     from compression_builder.sources import _decode_events
-    from ecseq.data.records import MAX_EVENT_BYTES
+    from ecseq.decoding import MAX_EVENT_BYTES
 
     good = {"event_id": 7, "user_id": 3.0, "ts": "2024-01-01T00:00:00Z", "amount": None, "channel": "web"}
     values = [json.dumps(good).encode(), None, b"[1]", b"{x", b" " * (MAX_EVENT_BYTES + 1),

@@ -20,7 +20,7 @@ from demo.replay import (
 )
 from ecseq.data.datasets import make_dataset
 from ecseq.data.events import DataError
-from ecseq.data.records import EventSchema, decode_event
+from ecseq.decoding import EventSchema, decode_event
 
 NUMERIC = ("amount", "hours")
 CATEGORICAL = ("shop",)

@@ -10,7 +10,7 @@ import pytest
 from demo.builds import Build, gate_line
 from demo.progress import Display, Scores, Seen
 from demo.summary import latency_ms, quality, swap, versions
-from ecseq.evaluation.metrics import summarize
+from ecseq.ranking import summarize
 
 
 def seen(i: int, version: str, score: float, encoder: float, scored: float, neighbours: int = 10) -> Seen:

@@ -13,7 +13,8 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from ecseq.settings import Settings, parse_duration
+from ecseq.settings import parse_duration
+from ecseq_cli.settings import Settings
 from kafka_io.jars import kafka_version
 
 from .conftest import (

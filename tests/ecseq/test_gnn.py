@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from ecseq.evaluation.metrics import roc_auc
 from ecseq.gnn import LAYERS, RelationGNN
 from ecseq.gnn_training import GNNTrainConfig, Labelled, train_gnn
 from ecseq.graph import Attachment, CompressedGraph, DenseAttacher, Neighbours
+from ecseq.ranking import roc_auc
 
 D, NODE_D, K, HIDDEN = 4, 5, 6, 8
 # batch of 4 new nodes in 3 slots: node 1 has no edges; empty slots point at node 0 with weight 0

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from ecseq.full_graph import IndexAttacher
 from ecseq.graph import (
     Attachment,
     CompressedGraph,
     DenseAttacher,
-    IndexAttacher,
     Neighbours,
     normalise,
     top_k_rows,

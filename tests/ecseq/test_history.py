@@ -9,7 +9,7 @@ import zlib
 import numpy as np
 import pytest
 
-from ecseq.data.records import Event, EventSchema
+from ecseq.decoding import Event, EventSchema
 from ecseq.history import FORMAT_VERSION, NOT_KEPT, UserHistory
 
 SCHEMA = EventSchema(("amount", "hour"), ("channel", "mcc"))

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ecseq.data.records import MAX_TEXT_CHARS, Event, EventSchema
+from ecseq.decoding import MAX_TEXT_CHARS, Event, EventSchema
 from ecseq.history import NOT_KEPT, UserHistory
 from tests.ecseq.test_history import _same
 from tests.fuzz import fuzz

@@ -12,8 +12,8 @@ import torch
 
 from ecseq.artifacts import ArtifactStore
 from ecseq.data.events import events_from_frame
-from ecseq.data.records import Event, EventSchema, decode_event
 from ecseq.data.synthetic import CATEGORICAL, generate_synthetic
+from ecseq.decoding import Event, EventSchema, decode_event
 from ecseq.encoders.models import LSTMEncoder
 from ecseq.encoders.training import EncoderTrainConfig, embed_rows, train_encoder
 from ecseq.features import FeatureSpec
@@ -21,7 +21,7 @@ from ecseq.gnn_training import GNNTrainConfig, Labelled
 from ecseq.history import UserHistory
 from ecseq.online import OnlineScorer
 from ecseq.relation import RelationConfig, encoder_logits, fit_compressed
-from ecseq.sequences import SequenceWindows
+from ecseq.windows import SequenceWindows
 
 WINDOW = 8  # short, so many users have more events than a window holds
 

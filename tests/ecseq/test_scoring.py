@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from ecseq.encoders.models import LSTMEncoder
-from ecseq.gnn import RelationGNN
+from ecseq.full_graph import IndexAttacher
+from ecseq.gnn import RelationGNN, RelationModel
 from ecseq.graph import Attachment, CompressedGraph, DenseAttacher
-from ecseq.relation import RelationModel
 from ecseq.scoring import ScoreBatch, Scorer
 
 IN_DIM, H, K, EXPLAIN = 3, 4, 8, 3
@@ -192,7 +192,8 @@ def test_full_graph_scorer():
     graph = CompressedGraph.from_members(members, rng.integers(0, 2, 30))
     gnn = _gnn()
     attachment = Attachment(0.2, 4)
-    full = Scorer(_encoder(), RelationModel(graph, gnn, attachment, dense=False, max_neighbours=4), explain_k=EXPLAIN)
+    full_model = RelationModel(graph, gnn, attachment, dense=False, max_neighbours=4)
+    full = Scorer(_encoder(), full_model, explain_k=EXPLAIN, attach=IndexAttacher.for_model(full_model))
     dense = Scorer(_encoder(), RelationModel(graph, gnn, attachment), explain_k=EXPLAIN)
     assert full.fused is False and dense.fused is True  # the fused kernel is for the dense attachment only
     emb = _embeddings()
@@ -205,7 +206,8 @@ def test_full_graph_scorer():
     for entry in got.explanations(graph)[0]:
         assert entry["size"] == 1 and entry["positive_rate"] in (0.0, 1.0)
     # epsilon-only full graph: at most max_neighbours edges per event
-    capped = Scorer(_encoder(), RelationModel(graph, gnn, Attachment(0.0), dense=False, max_neighbours=5))
+    capped_model = RelationModel(graph, gnn, Attachment(0.0), dense=False, max_neighbours=5)
+    capped = Scorer(_encoder(), capped_model, attach=IndexAttacher.for_model(capped_model))
     assert capped.score_embeddings(emb).neighbours.tolist() == [5, 5, 0, 5, 5, 5]
 
 

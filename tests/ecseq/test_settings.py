@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ecseq.data.events import DataError
-from ecseq.settings import Settings, parse_duration
+from ecseq.settings import parse_duration
+from ecseq_cli.settings import Settings
 from tests.fuzz import fuzz
 
 

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from ecseq.settings import Settings
+from ecseq_cli.settings import Settings
 from kafka_io import KafkaClientConfig, cluster_brokers, topic_config, topic_partitions
 from tests.kafka_io.helpers import accepts, kafka_children, process_gone, read_lines
 from tests.processes import child, terminate

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ecseq.settings import Settings
+from ecseq_cli.settings import Settings
 from kafka_io import (
     BrokerError,
     KafkaClientConfig,

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from ecseq.artifacts import ArtifactStore
-from ecseq.data.records import EventSchema
+from ecseq.decoding import EventSchema
 from ecseq.history import UserHistory
 from kafka_io.broker import KafkaCluster
 from kafka_io.topics import ensure_topics, partition_leaders, read_topic, topic_config

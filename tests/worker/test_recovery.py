@@ -18,9 +18,9 @@ import numpy as np
 
 from ecseq.artifacts import ArtifactStore
 from ecseq.data.events import events_from_frame
-from ecseq.data.records import EventSchema, decode_event
+from ecseq.decoding import EventSchema, decode_event
 from ecseq.history import UserHistory
-from ecseq.sequences import SequenceWindows
+from ecseq.windows import SequenceWindows
 from kafka_io.topics import produce_json, read_topic
 from worker.app import history_limit
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from ecseq.artifacts import ArtifactStore
 from ecseq.data.events import events_from_frame
-from ecseq.sequences import SequenceWindows
+from ecseq.windows import SequenceWindows
 from ecseq_cli import main
 from kafka_io.topics import produce_json, read_topic
 from tests.builds import FAST

@@ -23,9 +23,8 @@ import torch
 from ecseq.artifacts import ArtifactStore, ModelBundle, Published
 from ecseq.encoders.models import LSTMEncoder, SequenceEncoder
 from ecseq.features import FeatureSpec
-from ecseq.gnn import RelationGNN
+from ecseq.gnn import RelationGNN, RelationModel
 from ecseq.graph import Attachment, CompressedGraph
-from ecseq.relation import RelationModel
 
 REPO = Path(__file__).resolve().parents[3]
 WINDOW, HIDDEN, NODES = 6, 8, 20

@@ -3,9 +3,9 @@ import pytest
 import scipy.sparse as sp
 
 from ecseq.compression import METHODS, compress
-from ecseq.compression._common import l2_normalize
 from ecseq.compression.balanced import split_budget
 from ecseq.compression.structural import knn_graph, low_pass
+from ecseq.graph import normalise
 
 DIM = 32
 
@@ -13,7 +13,7 @@ DIM = 32
 def _blobs(n_blobs: int, per_blob: int, spread: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Gaussian blobs around random directions; returns (embeddings, blob id)."""
     rng = np.random.default_rng(seed)
-    centres = l2_normalize(rng.standard_normal((n_blobs, DIM)))
+    centres = normalise(rng.standard_normal((n_blobs, DIM)))
     blob = np.repeat(np.arange(n_blobs), per_blob)
     x = centres[blob] + spread * rng.standard_normal((len(blob), DIM)) / np.sqrt(DIM)
     return x.astype(np.float32), blob
@@ -119,7 +119,7 @@ def test_recovers_well_separated_blobs(method):
 
 def test_clusters_follow_knn_graph_more_after_smoothing(random_data):
     x, y = random_data
-    graph = knn_graph(l2_normalize(x)).tocoo()
+    graph = knn_graph(normalise(x)).tocoo()
 
     def edge_agreement(method: str) -> float:
         assign = compress(x, y, method=method, k=60, positive_k=10)
@@ -130,7 +130,7 @@ def test_clusters_follow_knn_graph_more_after_smoothing(random_data):
 
 def test_knn_graph_is_sparse_symmetric_without_self_loops(random_data):
     x, _ = random_data
-    graph = knn_graph(l2_normalize(x), k_nn=10)
+    graph = knn_graph(normalise(x), k_nn=10)
     assert sp.issparse(graph)
     assert (graph != graph.T).nnz == 0
     assert graph.diagonal().sum() == 0
@@ -141,7 +141,7 @@ def test_knn_graph_is_sparse_symmetric_without_self_loops(random_data):
 
 def test_low_pass_smooths_within_components_only():
     x, blob = _blobs(2, 200, 1.0)
-    x = l2_normalize(x)
+    x = normalise(x)
     graph = knn_graph(x, k_nn=10)
     assert not graph[blob == 0][:, blob == 1].nnz  # far-apart blobs stay disconnected
     smoothed = low_pass(x, graph, steps=3)

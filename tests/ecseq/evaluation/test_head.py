@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ecseq.evaluation.head import LogisticHead
-from ecseq.evaluation.metrics import roc_auc
+from ecseq.ranking import roc_auc
 
 
 def _separable(n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ from datetime import datetime
 
 from ecseq.artifacts import ArtifactError, ArtifactStore
 from ecseq.artifacts.names import is_version_name
-from ecseq.data.records import json_object
+from ecseq.decoding import json_object
 from ecseq.online import OnlineScorer
 from worker.metrics import WorkerMetrics
 

@@ -1,4 +1,4 @@
-"""SequenceTable's local store, without a broker: what it writes (and what changelog recovery restores,
+"""HistoryTable's local store, without a broker: what it writes (and what changelog recovery restores,
 keyed by bytes) is what a user's next lookup finds once the cache is gone."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import faust
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from ecseq.data.records import Event, EventSchema
+from ecseq.decoding import Event, EventSchema
 from ecseq.history import UserHistory
-from worker import faust_compat
-from worker.sequences import SequenceTable
+from worker import internals
+from worker.state import HistoryTable
 
 SCHEMA = EventSchema(("amount",), ("channel",))
 
@@ -24,7 +24,7 @@ def _history(user: str, n: int) -> UserHistory:
 
 @pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
 def test_a_written_or_recovered_history_is_found_once_the_cache_is_gone(store, tmp_path):
-    faust_compat.changelog_instead_of_wal()
+    internals.changelog_instead_of_wal()
     app = faust.App(f"t-seq-{store[:3]}", store=store, datadir=str(tmp_path), broker="kafka://127.0.0.1:1")
     table = _table(app)
     written = _history("u1", 3)
@@ -38,8 +38,8 @@ def test_a_written_or_recovered_history_is_found_once_the_cache_is_gone(store, t
     assert len(table.history("u3", SCHEMA)) == 0  # an unknown user starts empty
 
 
-def _table(app: faust.App, cache_bytes: int = 1 << 20, max_state_bytes: int = 1 << 20) -> SequenceTable:
-    return SequenceTable(app, 4, cache_bytes, max_state_bytes, Counter("trimmed", "", registry=CollectorRegistry()))
+def _table(app: faust.App, cache_bytes: int = 1 << 20, max_state_bytes: int = 1 << 20) -> HistoryTable:
+    return HistoryTable(app, 4, cache_bytes, max_state_bytes, Counter("trimmed", "", registry=CollectorRegistry()))
 
 
 def test_a_history_over_the_byte_limit_is_stored_without_its_oldest_events(tmp_path):

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ecseq.data import records
+from ecseq import decoding
 from ecseq.data.events import events_from_frame, parse_timestamps
-from ecseq.data.records import (
+from ecseq.decoding import (
     BAD_JSON,
     BAD_TIMESTAMP,
     BAD_TYPE,
@@ -52,7 +52,7 @@ def test_reason_strings_are_the_builders_words():
         "missing_field", "bad_type", "non_finite", "bad_timestamp")
     assert (BAD_JSON, NOT_OBJECT, EMPTY, OVERSIZE) == ("bad_json", "not_object", "empty", "oversize")
     assert (TOMBSTONE, LONG_TEXT) == ("tombstone", "long_text")
-    assert set(records.REASONS) == {MISSING_FIELD, BAD_TYPE, NON_FINITE, BAD_TIMESTAMP, BAD_JSON, NOT_OBJECT,
+    assert set(decoding.REASONS) == {MISSING_FIELD, BAD_TYPE, NON_FINITE, BAD_TIMESTAMP, BAD_JSON, NOT_OBJECT,
                                     TOMBSTONE, EMPTY, OVERSIZE, LONG_TEXT}
 
 

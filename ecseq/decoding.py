@@ -28,11 +28,9 @@ from datetime import UTC, datetime
 from typing import NamedTuple
 
 import orjson
-import pandas as pd
 
-from ecseq.data.cleaning import BAD_TIMESTAMP, BAD_TYPE, MISSING_FIELD, NON_FINITE
-from ecseq.data.events import EVENT_ID, TS, USER, parse_timestamps
 from ecseq.features import FeatureSpec
+from ecseq.fields import BAD_TIMESTAMP, BAD_TYPE, EVENT_ID, MISSING_FIELD, NON_FINITE, TS, USER
 
 MAX_EVENT_BYTES = 64 * 1024
 MAX_TEXT_CHARS = 256  # an id or a category
@@ -234,6 +232,12 @@ def _parse_text_time(value: str) -> float:
             delta = when - _EPOCH
             nanoseconds = ((delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds) * 1000
             return float(nanoseconds) / 1e9  # as pandas divides timedelta64[ns] by one second
+    # Rare forms (nanoseconds, numeric text, garbage) go through the file reader's own parser, so
+    # both readers agree on every text; pandas loads on the first such event, never at import.
+    import pandas as pd
+
+    from ecseq.data.events import parse_timestamps
+
     try:
         return float(parse_timestamps(pd.Series([value], dtype=object)).iloc[0])
     except (ValueError, OverflowError):  # pandas' OutOfBoundsDatetime is a ValueError

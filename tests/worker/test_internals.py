@@ -1,4 +1,4 @@
-"""faust_compat: the fetch and WAL patches, and the start-up check that refuses other versions or shapes of
+"""internals: the fetch and WAL patches, and the start-up check that refuses other versions or shapes of
 what it touches."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from faust.stores.rocksdb import RocksDBOptions, Store
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
 from kafka_io.topics import ensure_topics
-from worker import faust_compat
+from worker import internals
 
 
 def _wal_bytes(path: Path) -> int:
@@ -32,8 +32,8 @@ def test_table_partitions_are_written_without_rocksdb_wal(tmp_path):
     assert _wal_bytes(tmp_path / "plain.db") > 0
     plain.close()
 
-    faust_compat.changelog_instead_of_wal()
-    faust_compat.changelog_instead_of_wal()  # idempotent
+    internals.changelog_instead_of_wal()
+    internals.changelog_instead_of_wal()  # idempotent
     options = RocksDBOptions()
     store = SimpleNamespace(partition_path=lambda p: tmp_path / f"sequences-{p}.db", rocksdb_options=options,
                             read_only=False)
@@ -45,21 +45,21 @@ def test_table_partitions_are_written_without_rocksdb_wal(tmp_path):
 
 
 def test_another_faust_or_aiokafka_version_is_refused_by_name(monkeypatch):
-    faust_compat.check()  # the installed versions are the tested ones
-    monkeypatch.setitem(faust_compat.TESTED, "aiokafka", "0.0.1")
-    with pytest.raises(faust_compat.FaustCompatError, match=r"aiokafka 0\.14\.0 is installed.*aiokafka==0\.0\.1"):
-        faust_compat.check()
+    internals.check()  # the installed versions are the tested ones
+    monkeypatch.setitem(internals.TESTED, "aiokafka", "0.0.1")
+    with pytest.raises(internals.FaustCompatError, match=r"aiokafka 0\.14\.0 is installed.*aiokafka==0\.0\.1"):
+        internals.check()
 
 
 def test_a_changed_shape_of_what_is_patched_or_read_is_refused(monkeypatch):
     from faust.transport.drivers.aiokafka import Producer
 
     monkeypatch.setattr(Producer, "_ensure_producer", lambda self, wait=True: None)
-    with pytest.raises(faust_compat.FaustCompatError, match=r"Producer\._ensure_producer changed"):
-        faust_compat.check()
+    with pytest.raises(internals.FaustCompatError, match=r"Producer\._ensure_producer changed"):
+        internals.check()
     monkeypatch.delattr(Producer, "_ensure_producer")
-    with pytest.raises(faust_compat.FaustCompatError, match=r"_ensure_producer is gone"):
-        faust_compat.check()
+    with pytest.raises(internals.FaustCompatError, match=r"_ensure_producer is gone"):
+        internals.check()
 
 
 class _ConsumerThread:
@@ -80,8 +80,8 @@ class _ConsumerThread:
 def test_a_fetch_never_returns_partitions_paused_while_it_waits(broker, topic_names):
     """Recovery pauses the last active partitions while a fetch waits: aiokafka must not take the
     emptied set for "every partition" (the paused partitions' records would be dropped by Faust)."""
-    faust_compat.fetch_only_active_partitions()
-    faust_compat.fetch_only_active_partitions()  # idempotent
+    internals.fetch_only_active_partitions()
+    internals.fetch_only_active_partitions()  # idempotent
     topic = topic_names("fetch")
     ensure_topics(broker.bootstrap, {topic: 2})
     changelog, source = TopicPartition(topic, 0), TopicPartition(topic, 1)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ecseq.sequences import SequenceWindows
+from ecseq.windows import SequenceWindows
 
 # three users with 4, 1 and 3 events; feature row i is [1, i + 1] so rows are recognisable
 USER_START = np.array([0, 0, 0, 0, 4, 5, 5, 5])

@@ -8,7 +8,7 @@ import asyncio
 from aiokafka import AIOKafkaProducer
 
 from kafka_io.topics import ensure_topics, read_topic
-from worker.batches import PartitionBatches
+from worker.record_batches import PartitionBatches
 
 
 def _send(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, int | None]], max_batch_size: int):

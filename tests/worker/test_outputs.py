@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from worker.records import HEADROOM, KEPT_BYTES, Source, dead_letter
+from worker.outputs import HEADROOM, KEPT_BYTES, Source, dead_letter
 
 SOURCE = Source("events", 2, 41, 1_700_000_000.5)
 LIMIT = 1_000_000  # Faust's producer_max_request_size

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from ecseq.evaluation.metrics import (
+from ecseq.ranking import (
     average_precision,
     precision_recall_curve,
     recall_at_precision,

@@ -38,7 +38,7 @@ def check() -> None:
         installed = version(package)
         if installed != tested:
             raise FaustCompatError(f"{package} {installed} is installed; the worker's patches of its internals "
-                                   f"(worker/faust_compat.py) were tested on {tested}: install {package}=={tested}")
+                                   f"(worker/internals.py) were tested on {tested}: install {package}=={tested}")
     from faust.stores.rocksdb import Store
     from faust.tables.recovery import Recovery
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Producer
@@ -113,7 +113,7 @@ def fetch_only_active_partitions() -> None:
     source partitions and 722 standby changelog records after the set had emptied. With a copy,
     records of partitions outside it stay in aiokafka's buffer for a later fetch, and an empty
     copy fetches nothing, which is what Faust's own check before the fetch intends.
-    Test: tests/worker/test_faust_compat.py (a set emptied while the fetch waits, real broker).
+    Test: tests/worker/test_internals.py (a set emptied while the fetch waits, real broker).
     """
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
@@ -138,7 +138,7 @@ def changelog_instead_of_wal() -> None:
     process killed before a memtable flush loses the unflushed suffix of writes -- the persisted
     offset among them, as it is written after its data -- so recovery replays the changelog
     from an older offset and ends in the same state.
-    Test: tests/worker/test_faust_compat.py (no WAL bytes written); the SIGKILL recovery test
+    Test: tests/worker/test_internals.py (no WAL bytes written); the SIGKILL recovery test
     (tests/worker/test_recovery.py) runs with it.
     """
     from faust.stores import rocksdb as store_module
@@ -159,7 +159,7 @@ def changelog_instead_of_wal() -> None:
 
 def aiokafka_producer(app: Any) -> Any:
     """The started aiokafka producer under Faust's: its record-batch API has no Faust counterpart
-    (worker/batches.py sends whole record batches; Topic.send costs ~40 us a record)."""
+    (worker/record_batches.py sends whole record batches; Topic.send costs ~40 us a record)."""
     return app.producer._ensure_producer()
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ecseq.data.records import MAX_TEXT_CHARS, REASONS, Event, EventSchema, decode_event
+from ecseq.decoding import MAX_TEXT_CHARS, REASONS, Event, EventSchema, decode_event
 from tests.fuzz import any_text, fuzz, json_values
 
 pytestmark = pytest.mark.fuzz

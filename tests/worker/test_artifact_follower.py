@@ -14,8 +14,8 @@ from ecseq.artifacts.names import is_version_name
 from ecseq_cli import main
 from tests.builds import FAST
 from tests.fuzz import fuzz, json_values
+from worker.artifact_follower import NONE, REFUSED, SWAPPED, UNCHANGED, ArtifactFollower, announced_version
 from worker.metrics import WorkerMetrics
-from worker.serving import NONE, REFUSED, SWAPPED, UNCHANGED, ArtifactFollower, announced_version
 
 
 def _swaps(metrics: WorkerMetrics, result: str) -> float:

@@ -15,7 +15,7 @@ next windows are shorter than an offline replay's.
 Writes do what a Faust table assignment does (the local store, a changelog record in the
 partition of the event's input partition, the store's persisted offset once delivered), per
 partition and micro-batch instead of per key: one RocksDB write batch, one Kafka record batch
-(worker/batches.py), one persisted offset. Per key, Faust's path costs futures, callbacks and
+(worker/record_batches.py), one persisted offset. Per key, Faust's path costs futures, callbacks and
 codecs (~40 us a key, once the largest cost of the state stage). The micro-batch is
 acknowledged only after its changelog records are delivered.
 """
@@ -34,17 +34,17 @@ from faust.types import TP
 from prometheus_client import Counter
 from rocksdict import WriteBatch
 
-from ecseq.data.records import EventSchema
+from ecseq.decoding import EventSchema
 from ecseq.history import UserHistory
-from worker import faust_compat
-from worker.batches import PartitionBatches, SentBatch
+from worker import internals
+from worker.record_batches import PartitionBatches, SentBatch
 
 log = logging.getLogger("ecseq.worker")
 
 TABLE = "sequences"
 
 
-class SequenceTable:
+class HistoryTable:
     """Per-user histories: read through the cache, written to the table and the cache together."""
 
     def __init__(self, app: faust.App, partitions: int, cache_bytes: int, max_state_bytes: int, trimmed: Counter,
@@ -126,7 +126,7 @@ class SequenceTable:
             batch = WriteBatch(raw_mode=True)
             for key, value in values:
                 batch.put(key, value)
-            faust_compat.rocksdb_partition(store, partition).write(batch)
+            internals.rocksdb_partition(store, partition).write(batch)
         else:  # the memory store is one dict for every partition
             for key, value in values:
                 store[key] = value
