@@ -47,6 +47,7 @@ evaluate: install
 
 test: install system-tools
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/pytest -q -p no:cacheprovider
 
 # the property-based tests with 100x the inputs, drawn at random (CI runs a fixed, bounded set)

@@ -42,7 +42,7 @@ from ecseq.cli import (
     relation_config,
     set_threads,
 )
-from ecseq.data.datasets import DATASETS, load_dataset
+from ecseq.data.builtin import DATASETS, load_dataset
 from ecseq.data.events import DataError
 from ecseq.features import FeatureSpec
 from ecseq.settings import parse_duration, variable

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +45,7 @@ from ecseq.graph import CompressedGraph, normalise
 from ecseq.ranking import summarize
 from ecseq.relation import RelationConfig, encoder_logits, fit_compressed
 from ecseq.scoring import ScoreBatch
+from ecseq.stages import StageClock
 from ecseq.windows import SequenceWindows
 
 log = logging.getLogger("ecseq.builder")
@@ -88,25 +87,6 @@ class BuildOutcome:
     report: dict
     report_dir: Path
     stage_seconds: dict[str, float]
-
-
-class StageClock:
-    """Wall time per build stage; `on_stage` sees each one as it ends (the builder's metrics)."""
-
-    def __init__(self, on_stage: Callable[[str, float], None] | None = None) -> None:
-        self.seconds: dict[str, float] = {}
-        self._on_stage = on_stage
-
-    def add(self, stage: str, seconds: float) -> None:
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
-        if self._on_stage is not None:
-            self._on_stage(stage, seconds)
-
-    @contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        started = time.perf_counter()
-        yield
-        self.add(stage, time.perf_counter() - started)
 
 
 def split_for_build(table: EventTable, config: BuildConfig) -> Split:

@@ -19,7 +19,6 @@ from compression_builder.pipeline import (
     BuildConfig,
     BuildOutcome,
     FreshEncoder,
-    StageClock,
     load_serving,
     rebuild,
 )
@@ -27,6 +26,7 @@ from compression_builder.sources import Gathered
 from ecseq.artifacts import ArtifactError, ArtifactStore, StoreBusy
 from ecseq.data.events import DataError
 from ecseq.features import FeatureSpec
+from ecseq.stages import StageClock
 
 if TYPE_CHECKING:
     from kafka_io.client import KafkaClientConfig

@@ -31,7 +31,7 @@ from demo.replay import plan_replay
 from demo.stream import DRAIN_SECONDS, run_stream
 from demo.summary import build_summary, format_summary
 from ecseq.artifacts import ArtifactStore
-from ecseq.data.datasets import DATASETS, load_dataset
+from ecseq.data.builtin import DATASETS, load_dataset
 from ecseq.data.events import DataError
 from kafka_io.broker import KafkaCluster, free_port
 from kafka_io.cli import TOPIC_FIELDS
@@ -48,8 +48,8 @@ READY_SECONDS = 120.0
 BUILDER_SINCE = "3650d"  # every streamed event: the window is what the demo replayed, not a clock
 BUILDER_EVERY = "1h"  # one build during the demo (the service builds at once when it starts)
 # The rebuild is a batch job that shares the demo's 2 cores with the worker, the broker and the
-# replay; in production it runs elsewhere. At normal priority its read and training took the
-# worker's CPU: event-to-score p99 rose to ~1.5 s while it ran.
+# replay; in production it runs elsewhere. At normal priority its read and training take the
+# worker's CPU and the event-to-score tail rises while it runs (docs/results.md).
 BUILDER_NICENESS = 10
 DEMO_MARKERS = (PIDS_FILE, "summary.json", "logs")  # what makes a directory safe to wipe
 

@@ -11,12 +11,13 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import faiss
 import torch
 
 from ecseq.compression import METHODS as COMPRESSIONS
-from ecseq.data.datasets import DATASETS, load_dataset
+from ecseq.data.builtin import DATASETS, load_dataset
 from ecseq.data.events import DataError, EventTable, read_events
 from ecseq.data.splits import (
     Split,
@@ -123,7 +124,7 @@ def set_threads(threads: int) -> None:
     faiss.omp_set_num_threads(threads or 1)
 
 
-def add_commands(sub) -> None:
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ev = sub.add_parser("evaluate", help="train and compare encoder, head, ECSeq and full graph offline")
     _add_data_args(ev)
     add_encoder_args(ev)
@@ -174,14 +175,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"run {repeat + 1}/{args.repeats} (seed {seed}, scenario {config.scenario}): "
               f"train {len(split.train)}, val {len(split.val)}, test {len(split.test)}", file=sys.stderr)
         runs.append(run_experiment(table, split, config, seed))
-    split = str(args.split_file) if args.split_file is not None else args.split
-    report = write_report(args.out, dataset, {**_jsonable(dataclasses.asdict(config)), "split": split}, runs)
+    split_name = str(args.split_file) if args.split_file is not None else args.split
+    report = write_report(args.out, dataset, {**_jsonable(dataclasses.asdict(config)), "split": split_name}, runs)
     print(format_table(report["methods"]))
     print(f"wrote {args.out / 'metrics.json'}, feature_spec.json and plots", file=sys.stderr)
     return 0
 
 
-def _jsonable(value):
+def _jsonable(value: object) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 

@@ -77,7 +77,7 @@ class Event(NamedTuple):
     categorical: tuple[str | None, ...]  # in schema order; None = missing
 
 
-# orjson parses ~4x faster than json, and equally wherever it succeeds, except for integers beyond
+# orjson parses faster than json, and equally wherever it succeeds, except for integers beyond
 # 64 bits, which it turns into floats (an id would change): an object with a float that large is
 # parsed again by json (nested values need not be checked: the readers use top-level fields only, and
 # refuse a list or object where they expect a value).

@@ -44,8 +44,9 @@ class CategoricalFeature:
         return len(self.vocabulary) + 1  # last slot: out-of-vocabulary / missing
 
     @cached_property
-    def codes(self) -> dict[str, int]:
-        """Vocabulary value -> its slot; anything else (missing too) goes to the last slot (len(vocabulary))."""
+    def codes(self) -> dict[str | None, int]:
+        """Vocabulary value -> its slot; anything else (missing too) goes to the last slot (len(vocabulary)).
+        Keyed by ``str | None``: it is looked up with missing (None) values too, which are never in it."""
         return {v: i for i, v in enumerate(self.vocabulary)}
 
 
@@ -84,8 +85,8 @@ class FeatureSpec:
         for j, f in enumerate(self.numeric):
             numeric[:, j] = pd.to_numeric(frame[f.name], errors="coerce").to_numpy(dtype=np.float64)
         slots = np.empty((len(frame), len(self.categorical)), dtype=np.int64)
-        for j, f in enumerate(self.categorical):
-            slots[:, j] = frame[f.name].astype(str).map(f.codes).fillna(len(f.vocabulary)).to_numpy(dtype=np.int64)
+        for j, c in enumerate(self.categorical):
+            slots[:, j] = frame[c.name].astype(str).map(c.codes).fillna(len(c.vocabulary)).to_numpy(dtype=np.int64)
         return self.transform_slots(numeric, slots)
 
     def transform_arrays(self, numeric: np.ndarray, categorical: Sequence[Sequence[str | None]]) -> np.ndarray:
@@ -139,9 +140,9 @@ class FeatureSpec:
                 out[:, col] = missing
                 col += 1
         rows = np.arange(n)
-        for j, f in enumerate(self.categorical):
+        for j, c in enumerate(self.categorical):
             out[rows, col + slots[:, j]] = 1.0
-            col += f.width
+            col += c.width
         return out
 
     def to_json(self) -> str:

@@ -13,6 +13,7 @@ starts at exactly zero, so training begins from the encoder's score instead of f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import torch
 from torch import nn
@@ -42,7 +43,7 @@ class SageMean(nn.Module):
     def node_messages(self, node_x: torch.Tensor) -> torch.Tensor:
         return self.nbr_lin(node_x)
 
-    def forward(self, h, nbrs: Neighbours, messages):
+    def forward(self, h: torch.Tensor, nbrs: Neighbours, messages: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         coef = nbrs.weight / nbrs.degree.clamp(min=1.0).unsqueeze(1)
         return self.self_lin(h) + _weighted_sum(nbrs, coef, messages), coef
 
@@ -56,7 +57,7 @@ class SageMax(nn.Module):
     def node_messages(self, node_x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.pool(node_x))
 
-    def forward(self, h, nbrs: Neighbours, messages):
+    def forward(self, h: torch.Tensor, nbrs: Neighbours, messages: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # messages are >= 0, so zeroing empty slots keeps them out of the max; no edge gives 0
         per_slot = messages[nbrs.index] * nbrs.weight.unsqueeze(2)
         agg, winner = per_slot.max(dim=1)
@@ -76,7 +77,7 @@ class GCN(nn.Module):
     def node_messages(self, node_x: torch.Tensor) -> torch.Tensor:
         return self.lin(node_x)
 
-    def forward(self, h, nbrs: Neighbours, messages):
+    def forward(self, h: torch.Tensor, nbrs: Neighbours, messages: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         norm = 1.0 / (nbrs.degree + 1.0).unsqueeze(1)
         coef = nbrs.weight * norm
         own = self.lin(_pad(h, self.node_dim)) * norm
@@ -97,7 +98,7 @@ class GAT(nn.Module):
     def node_messages(self, node_x: torch.Tensor) -> torch.Tensor:
         return self.lin(node_x)
 
-    def forward(self, h, nbrs: Neighbours, messages):
+    def forward(self, h: torch.Tensor, nbrs: Neighbours, messages: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         own = self.lin(_pad(h, self.node_dim))
         dst = (own @ self.att_dst).unsqueeze(1)
         scores = torch.cat([dst + (own @ self.att_src).unsqueeze(1), dst + (messages @ self.att_src)[nbrs.index]], 1)
@@ -107,7 +108,19 @@ class GAT(nn.Module):
         return alpha[:, :1] * own + _weighted_sum(nbrs, coef, messages) + self.bias, coef
 
 
-_LAYER_TYPES = {"sage_mean": SageMean, "sage_max": SageMax, "gcn": GCN, "gat": GAT}
+class GNNConfig(TypedDict):
+    """RelationGNN's constructor arguments, as an artifact's manifest keeps them."""
+
+    embedding_dim: int
+    node_dim: int
+    layer: str
+    hidden: int
+    residual: bool
+    use_label_rate: bool
+
+
+_LAYER_TYPES: dict[str, type[SageMean | SageMax | GCN | GAT]] = {
+    "sage_mean": SageMean, "sage_max": SageMax, "gcn": GCN, "gat": GAT}
 
 
 class RelationGNN(nn.Module):
@@ -116,8 +129,8 @@ class RelationGNN(nn.Module):
         super().__init__()
         if layer not in _LAYER_TYPES:
             raise ValueError(f"unknown GNN layer {layer!r}; choose from {', '.join(LAYERS)}")
-        self.config = {"embedding_dim": embedding_dim, "node_dim": node_dim, "layer": layer, "hidden": hidden,
-                       "residual": residual, "use_label_rate": use_label_rate}
+        self.config: GNNConfig = {"embedding_dim": embedding_dim, "node_dim": node_dim, "layer": layer,
+                                  "hidden": hidden, "residual": residual, "use_label_rate": use_label_rate}
         self.layer = _LAYER_TYPES[layer](embedding_dim, node_dim, hidden)
         self.out = nn.Linear(hidden, 1)
         if residual:

@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from ecseq.gnn import RelationGNN
+from ecseq.graph import Attacher, Neighbours
 from ecseq.ranking import roc_auc
 
 
@@ -59,8 +60,9 @@ class GNNTrainResult:
     seconds: float
 
 
-def train_gnn(model: RelationGNN, node_x: torch.Tensor, train: Labelled, train_attacher, val: Labelled,
-              val_attacher, config: GNNTrainConfig = GNNTrainConfig(), align: Labelled | None = None) -> GNNTrainResult:
+def train_gnn(model: RelationGNN, node_x: torch.Tensor, train: Labelled, train_attacher: Attacher, val: Labelled,
+              val_attacher: Attacher, config: GNNTrainConfig = GNNTrainConfig(),
+              align: Labelled | None = None) -> GNNTrainResult:
     """Train in place; keeps the weights of the best validation-AUC epoch."""
     started = time.perf_counter()
     torch.manual_seed(config.seed)
@@ -83,7 +85,7 @@ def train_gnn(model: RelationGNN, node_x: torch.Tensor, train: Labelled, train_a
             messages = model.node_messages(node_x)
             logit, _, _ = model(train.embeddings[idx], train_nbrs.take(idx), messages, train.base_logits[idx])
             loss = F.binary_cross_entropy_with_logits(logit, train.labels[idx])
-            if align_nbrs is not None:
+            if align is not None and align_nbrs is not None:  # align_nbrs is only set with align
                 a_logit, _, _ = model(align.embeddings, align_nbrs, messages, align.base_logits)
                 loss = loss + config.align_weight * F.binary_cross_entropy_with_logits(a_logit, align.labels)
             optimiser.zero_grad()
@@ -102,7 +104,7 @@ def train_gnn(model: RelationGNN, node_x: torch.Tensor, train: Labelled, train_a
     return GNNTrainResult(best_epoch, best_auc, epoch + 1, time.perf_counter() - started)
 
 
-def _val_auc(model: RelationGNN, node_x: torch.Tensor, val: Labelled, val_nbrs) -> float:
+def _val_auc(model: RelationGNN, node_x: torch.Tensor, val: Labelled, val_nbrs: Neighbours | None) -> float:
     if val_nbrs is None:
         return -1.0
     model.eval()

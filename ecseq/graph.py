@@ -10,6 +10,7 @@ is its own node and a faiss index does the search; serving never needs it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numba
@@ -142,7 +143,7 @@ def top_k_row(row: np.ndarray, values: np.ndarray, index: np.ndarray, maxima: np
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True, inline="always")
-def insert_descending(values: np.ndarray, index: np.ndarray, v: float, j: int) -> None:
+def insert_descending(values: np.ndarray, index: np.ndarray, v: float | np.floating, j: int) -> None:
     """Insert v (labelled j) into values sorted descending, dropping the smallest; index follows."""
     p = len(values) - 1
     while p > 0 and values[p - 1] < v:
@@ -168,6 +169,9 @@ def top_k_rows(sim: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     for b in range(rows):
         top_k_row(sim[b], values[b], index[b], maxima)
     return values, index
+
+
+Attacher = Callable[[torch.Tensor], Neighbours]  # embeddings -> their edges from the graph
 
 
 class DenseAttacher:

@@ -56,7 +56,7 @@ def _clamped(numeric: Sequence[float]) -> list[float]:
     """Numerics as a history stores them before float32: beyond float32's range, its largest finite
     value (in Python, NaN passes through both comparisons: a few values, cheaper than numpy calls)."""
     return [min(max(v, -_F32_MAX), _F32_MAX) for v in numeric]
-_CODE_TYPES = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4")}
+_CODE_TYPES: dict[int, np.dtype] = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4")}
 
 
 class UserHistory:
@@ -208,8 +208,7 @@ class UserHistory:
         never see a change."""
         n = len(self._ts)
         if self._buffers is None or self._start + n == len(self._buffers[0]):
-            self._buffers = tuple(np.concatenate((column, np.empty((SPARE_ROWS, *column.shape[1:]), column.dtype)))
-                                  for column in (self._ts, self._num, self._codes))
+            self._buffers = (_with_spare_rows(self._ts), _with_spare_rows(self._num), _with_spare_rows(self._codes))
             self._start = 0
         ts_buffer, num_buffer, codes_buffer = self._buffers
         end = self._start + n
@@ -332,6 +331,11 @@ def _little_endian(values: array) -> bytes:
     swapped = array(values.typecode, values)
     swapped.byteswap()
     return swapped.tobytes()
+
+
+def _with_spare_rows(column: np.ndarray) -> np.ndarray:
+    """A copy of `column` followed by SPARE_ROWS uninitialised rows (UserHistory._append_row)."""
+    return np.concatenate((column, np.empty((SPARE_ROWS, *column.shape[1:]), column.dtype)))
 
 
 def _insert(array: np.ndarray, position: int, rows: np.ndarray) -> np.ndarray:

@@ -43,7 +43,11 @@ class OnlineScorer:
         `window` of them), featurised, left-padded with zero rows like SequenceWindows."""
         if len(histories) != len(positions):
             raise ValueError(f"{len(histories)} histories but {len(positions)} positions")
-        numeric, codes, lengths, values, offsets = [], [], [], [], []
+        numeric: list[np.ndarray] = []
+        codes: list[np.ndarray] = []
+        lengths: list[int] = []
+        values: list[str] = []
+        offsets: list[int] = []
         for history, position in zip(histories, positions):
             if not 0 <= position < len(history):
                 raise ValueError(f"position {position} is outside a history of {len(history)} events")
@@ -61,18 +65,19 @@ class OnlineScorer:
         # Every history's codes index its own values: shift them into one list of all values (+ None
         # last, for missing), then featurise all rows at once. Histories share most values, so each
         # distinct one is looked up in the vocabularies once (one dict pass instead of one per column).
-        lengths = np.asarray(lengths)
-        codes = np.concatenate(codes).astype(np.int64)
-        codes = np.where(codes >= 0, codes + np.repeat(offsets, lengths)[:, None], len(values))
-        distinct = {value: i for i, value in enumerate(dict.fromkeys(values))}
-        slots = self.spec.category_slots([*distinct, None])
+        sizes = np.asarray(lengths)
+        all_codes = np.concatenate(codes).astype(np.int64)
+        all_codes = np.where(all_codes >= 0, all_codes + np.repeat(offsets, sizes)[:, None], len(values))
+        row_of_value = {value: i for i, value in enumerate(dict.fromkeys(values))}
+        slots = self.spec.category_slots([*row_of_value, None])
         # each value's row in `slots`, and for the missing code the None row after them
-        row_of = np.append(np.fromiter(map(distinct.__getitem__, values), dtype=np.int64, count=len(values)),
-                           len(distinct))
-        rows = self.spec.transform_slots(np.concatenate(numeric), slots[row_of[codes], np.arange(codes.shape[1])])
-        item = np.repeat(np.arange(len(lengths)), lengths)
-        first = np.cumsum(lengths) - lengths  # each item's first row in `rows`
-        step = np.arange(len(rows)) - np.repeat(first, lengths) + np.repeat(self.window - lengths, lengths)
+        row_of = np.append(np.fromiter(map(row_of_value.__getitem__, values), dtype=np.int64, count=len(values)),
+                           len(row_of_value))
+        rows = self.spec.transform_slots(np.concatenate(numeric),
+                                         slots[row_of[all_codes], np.arange(all_codes.shape[1])])
+        item = np.repeat(np.arange(len(sizes)), sizes)
+        first = np.cumsum(sizes) - sizes  # each item's first row in `rows`
+        step = np.arange(len(rows)) - np.repeat(first, sizes) + np.repeat(self.window - sizes, sizes)
         out[item, step] = rows
         return out
 

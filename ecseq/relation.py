@@ -11,7 +11,6 @@ times and the ablation are in docs/results.md): read them before changing this.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +22,7 @@ from ecseq.full_graph import IndexAttacher
 from ecseq.gnn import RelationGNN, RelationModel
 from ecseq.gnn_training import GNNTrainConfig, Labelled, train_gnn
 from ecseq.graph import Attachment, CompressedGraph, DenseAttacher
+from ecseq.stages import StageClock
 
 CENTROID_MODES = ("disjoint", "shared")
 
@@ -78,25 +78,25 @@ def fit_compressed(encoder: SequenceEncoder, embeddings: np.ndarray, labels: np.
         graph_idx = train_idx = np.arange(len(labels))
     else:
         raise ValueError(f"unknown centroid mode {config.centroids!r}; choose from {', '.join(CENTROID_MODES)}")
-    started = time.perf_counter()
+    clock = StageClock()
     assign = compress(embeddings[graph_idx], labels[graph_idx], config.compression, config.k,
                       config.positive_k, seed=config.gnn.seed)
     graph = CompressedGraph.from_assignment(embeddings[graph_idx], labels[graph_idx], assign)
-    compressed = time.perf_counter()
+    clock.lap("compress")
     gnn = _new_gnn(embeddings.shape[1], config)
     attacher = DenseAttacher(graph, config.attachment, config.max_neighbours)
     train = Labelled.of(embeddings[train_idx], encoder_logits(encoder, embeddings[train_idx]), labels[train_idx])
     align = Labelled.of(graph.centroids, encoder_logits(encoder, graph.centroids), graph.positive_rate)
     node_x = torch.from_numpy(graph.node_features(config.use_label_rate))
     train_gnn(gnn, node_x, train, attacher, val, attacher, config.gnn, align=align)
-    return RelationModel(graph, gnn, config.attachment,
-                         stage_seconds={"compress": compressed - started, "gnn": time.perf_counter() - compressed})
+    clock.lap("gnn")
+    return RelationModel(graph, gnn, config.attachment, stage_seconds=clock.seconds)
 
 
 def fit_full_graph(encoder: SequenceEncoder, embeddings: np.ndarray, labels: np.ndarray, val: Labelled,
                    config: RelationConfig) -> RelationModel:
     """The uncompressed baseline: every labelled sequence is a node; same GNN, same training."""
-    started = time.perf_counter()
+    clock = StageClock()
     graph = CompressedGraph.from_members(embeddings, labels)
     gnn = _new_gnn(embeddings.shape[1], config)
     own = IndexAttacher(graph, config.attachment, config.max_neighbours, exclude_self=True)
@@ -104,5 +104,6 @@ def fit_full_graph(encoder: SequenceEncoder, embeddings: np.ndarray, labels: np.
     train = Labelled.of(embeddings, encoder_logits(encoder, embeddings), labels)
     node_x = torch.from_numpy(graph.node_features(config.use_label_rate))
     train_gnn(gnn, node_x, train, own, val, other, config.gnn)
+    clock.lap("gnn")
     return RelationModel(graph, gnn, config.attachment, dense=False, max_neighbours=config.max_neighbours,
-                         stage_seconds={"gnn": time.perf_counter() - started})
+                         stage_seconds=clock.seconds)

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from ecseq.encoders.models import SequenceEncoder
-from ecseq.gnn import RelationModel
-from ecseq.graph import CompressedGraph, DenseAttacher, Neighbours
+from ecseq.gnn import RelationModel, SageMean
+from ecseq.graph import Attacher, CompressedGraph, DenseAttacher
 from ecseq.serving_kernels import sage_mean_scores
 
 Lap = Callable[[str], None]  # told the name of each stage as it ends (the worker's latency metrics)
-Attacher = Callable[[torch.Tensor], Neighbours]  # embeddings -> their edges from the graph
 
 
 @dataclass(frozen=True)
@@ -113,15 +113,17 @@ class Scorer:
         Stages for `lap`: "attach" is the similarity to every node; the compiled pass that picks the
         top-k edges, aggregates and scores is "gnn".
         """
-        sim = (embeddings @ self.attach.nodes_t).numpy()  # cosine up to a per-row scale, kept for later
+        # `fused` is only set (__init__) for a DenseAttacher and a sage_mean layer: mypy cannot follow the flag
+        attach, layer = cast(DenseAttacher, self.attach), cast(SageMean, self.gnn.layer)
+        sim = (embeddings @ attach.nodes_t).numpy()  # cosine up to a per-row scale, kept for later
         inv_norm = 1.0 / torch.linalg.vector_norm(embeddings, dim=1).clamp(min=1e-12).numpy()
         if lap is not None:
             lap("attach")
-        own = self.gnn.layer.self_lin(embeddings).numpy()
+        own = layer.self_lin(embeddings).numpy()
         base_np = base.numpy()
         added = base_np if self._residual else np.zeros_like(base_np)
         logits, degree, nodes, sims, contrib = sage_mean_scores(
-            sim, inv_norm, self.attach.slots, self.attach.attachment.epsilon, own, added,
+            sim, inv_norm, attach.slots, attach.attachment.epsilon, own, added,
             self._messages_np, self._out_w, self._out_b, self.explain_k)
         batch = ScoreBatch(_sigmoid(logits), _sigmoid(base_np), degree, nodes, sims, contrib)
         if lap is not None:

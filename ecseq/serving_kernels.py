@@ -2,8 +2,8 @@
 
 After one BLAS product of the raw embeddings with the normalised nodes, everything that follows
 for a new node (its top-k edges, the mean aggregation, the head, each edge's contribution and
-the explanation ranking) is arithmetic on k x H numbers. As a chain of torch ops that is ~60
-dispatches per batch, which dominates single-event latency; here it is one compiled pass. The
+the explanation ranking) is arithmetic on k x H numbers. As a chain of torch ops that is dozens
+of dispatches per batch, which dominates single-event latency; here it is one compiled pass. The
 torch modules stay the reference: tests check this path against them.
 """
 
@@ -17,7 +17,8 @@ from ecseq.graph import insert_descending, top_k_row
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def sage_mean_scores(sim: np.ndarray, inv_norm: np.ndarray, slots: int, epsilon: float, own: np.ndarray,
-                     base: np.ndarray, messages: np.ndarray, out_w: np.ndarray, out_b: float, explain_k: int):
+                     base: np.ndarray, messages: np.ndarray, out_w: np.ndarray, out_b: float, explain_k: int,
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """sim: (B, K) raw embeddings x normalised nodes; inv_norm: (B,) 1/|embedding|, so sim * inv_norm
     is the cosine; own: (B, H) the layer's self term; base: (B,) logit the GNN adds to (zeros
     without residual).

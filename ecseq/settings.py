@@ -17,7 +17,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 from ecseq.errors import DataError
 
@@ -25,7 +25,8 @@ PREFIX = "ECSEQ_"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
-Rule = Callable[[object], str | None]  # a value -> what is wrong with it, or None
+# a value -> what is wrong with it, or None; Any: each rule takes its own field's type (float, str, ...)
+Rule = Callable[[Any], str | None]
 
 
 def parse_duration(text: str) -> float:
@@ -62,7 +63,7 @@ class EnvSettings:
             name = variable(item.name)
             if name not in env:
                 continue
-            kind = type(item.default)
+            kind: type[Any] = type(item.default)  # fields() gives Field[Any]: the default's own type
             try:
                 values[item.name] = kind(env[name])
             except ValueError:

@@ -7,6 +7,7 @@ so the most recent event is always the last step the encoder reads.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,7 +39,7 @@ class SequenceWindows:
         idx = np.where(idx >= self.user_start[rows][:, None], idx, len(self.features) - 1)
         return self.features[torch.from_numpy(idx)]
 
-    def batches(self, rows: np.ndarray, batch_size: int):
+    def batches(self, rows: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """Yield (row slice, window tensor) in order, for embedding many rows."""
         for start in range(0, len(rows), batch_size):
             part = rows[start:start + batch_size]

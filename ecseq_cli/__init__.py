@@ -15,7 +15,7 @@ from compression_builder import cli as builder_cli
 from demo import cli as demo_cli
 from ecseq import cli as core_cli
 from ecseq.artifacts import ArtifactError, StoreBusy
-from ecseq.data.events import DataError
+from ecseq.errors import DataError
 from ecseq_cli.settings import Settings
 from kafka_io import cli as kafka_cli
 from kafka_io.broker import BrokerError

@@ -1,12 +1,12 @@
 """The stream worker: a faust-streaming app that scores every event against its user's sequence.
 
 One agent reads the events topic (and the repartition topic, for producers that do not key by
-user) in micro-batches. Per batch: decode and validate every record (bad ones go to the
-dead-letter topic with their bytes, reason and origin), append each event to its user's
-history in a changelog-backed table (a redelivered event id is not appended twice), score the
-whole batch in one call on the artifact served at the start of the batch, send one score
-record per event, and only then let Faust acknowledge the batch: at-least-once, with scores
-keyed by user and idempotent by event id.
+user) in micro-batches. Per batch (decided by worker/batch_step.py, sent and written here):
+decode and validate every record (bad ones go to the dead-letter topic with their bytes, reason
+and origin), append each event to its user's history in a changelog-backed table (a redelivered
+event id is not appended twice), score the whole batch in one call on the artifact served at
+the start of the batch, send one score record per event, and only then let Faust acknowledge
+the batch: at-least-once, with scores keyed by user and idempotent by event id.
 """
 
 from __future__ import annotations
@@ -19,23 +19,21 @@ import time
 from collections import deque
 
 import faust
-import numpy as np
-import orjson
 import torch
 
 from ecseq.artifacts import ArtifactStore
-from ecseq.decoding import Event, decode_event
-from ecseq.history import NOT_KEPT, UserHistory
 from ecseq.settings import parse_duration
+from ecseq.stages import StageClock
 from kafka_io.client import KafkaClientConfig
 from kafka_io.topics import ensure_topics
 from worker import internals, views
 from worker.artifact_follower import SWAPPED, ArtifactFollower, announced_version
+from worker.batch_step import InputRecord, score_batch
 from worker.faust_settings import faust_settings
 from worker.health import PROBE_SECONDS, Health
-from worker.metrics import WorkerMetrics, observe_many
+from worker.metrics import WorkerMetrics
 from worker.micro_batches import micro_batches
-from worker.outputs import ID_REUSED, TOO_LATE, Source, dead_letter, score_record
+from worker.outputs import Source
 from worker.record_batches import PartitionBatches
 from worker.settings import WorkerSettings
 from worker.state import TABLE, HistoryTable
@@ -91,8 +89,7 @@ class Worker:
         self.metrics = metrics or WorkerMetrics()
         if "OMP_NUM_THREADS" not in os.environ:
             # Scoring runs on the event loop's thread, one micro-batch at a time: intra-op threads
-            # only spin against that thread, Faust's consumer thread and the broker (measured:
-            # the encoder pass on a 48-event batch took 5.6 ms with 2 threads, ~1 ms with 1).
+            # only spin against that thread, Faust's consumer thread and the broker (docs/results.md).
             torch.set_num_threads(1)
         self.follower = ArtifactFollower(ArtifactStore(settings.store, keep=settings.keep_versions), self.metrics)
         self._batch_within = parse_duration(settings.batch_within)
@@ -146,23 +143,23 @@ class Worker:
         # each event holds an extra reference until _confirm has seen all the batch's outputs delivered
         # (a failed batch stays unacknowledged and is redelivered after the restart the crash causes)
         async for events in micro_batches(stream, self.settings.batch_size, self._batch_within):
-            pending, kept = await self._score_batch(events)
+            pending, timestamps = await self._score_batch(events)
             # the next batch is scored while this one's outputs are in flight (one produce request at
             # a time per broker: waiting here left the loop idle for a broker round trip per batch)
-            confirming = asyncio.ensure_future(self._confirm(events, pending, kept))
+            confirming = asyncio.ensure_future(self._confirm(events, pending, timestamps))
             confirming.add_done_callback(_report_failed_delivery)
             unconfirmed.append(confirming)
             while unconfirmed and (unconfirmed[0].done() or len(unconfirmed) > MAX_UNCONFIRMED):
                 await unconfirmed.popleft()  # a failed delivery raises here: the worker stops
 
     async def _confirm(self, events: list[faust.EventT], pending: list[asyncio.Future],
-                       kept: list[tuple[Event, Source]]) -> None:
+                       timestamps: list[float]) -> None:
         """Acknowledge a batch once every output it sent (scores, dead letters, forwards) is delivered."""
         started = time.perf_counter()
         await asyncio.gather(*pending)
         now = time.time()
-        self.metrics.stage_seconds.labels("deliver").observe(time.perf_counter() - started)
-        self.metrics.observe_latencies([source.timestamp for _, source in kept], now)
+        self.metrics.observe_stage("deliver", time.perf_counter() - started)
+        self.metrics.observe_latencies(timestamps, now)
         sensors = self.app.sensors
         for event in events:
             if event.ack():  # the last reference (take_events may still hold one): the offset may commit
@@ -170,77 +167,46 @@ class Worker:
                 sensors.on_message_out(message.tp, message.offset, message)
         self.health.progressed()
 
-    async def _score_batch(self, events: list[faust.EventT]) -> tuple[list[asyncio.Future], list[tuple[Event, Source]]]:
+    async def _score_batch(self, events: list[faust.EventT]) -> tuple[list[asyncio.Future], list[float]]:
         """Score a batch and hand its outputs to the producer; returns their delivery futures and the
-        scored events (the agent confirms them with _confirm)."""
+        scored events' Kafka timestamps (the agent confirms them with _confirm)."""
         scorer = self.follower.scorer  # one artifact for the whole batch
         metrics = self.metrics
         received = time.time()
-        lap = _Laps(metrics)
-        pending: list[asyncio.Future] = []
-        valid: list[tuple[faust.EventT, Event, Source]] = []
-        for event in events:
-            message = event.message
-            source = Source(message.topic, message.partition, message.offset, message.timestamp)
-            decoded = decode_event(message.value, scorer.schema, self.settings.max_event_bytes)
-            if isinstance(decoded, str):
-                pending.append(await self._dead_letter(message, decoded, source))
-            elif message.key != decoded.user_id.encode():
-                pending.append(await self.repartition_topic.send(key=decoded.user_id.encode(), value=message.value))
-                metrics.events.labels("repartitioned").inc()
-            else:
-                valid.append((event, decoded, source))
-        lap("decode")
+        lap = StageClock(metrics.observe_stage).lap
+        records = [InputRecord(message.key, message.value,
+                               Source(message.topic, message.partition, message.offset, message.timestamp))
+                   for message in (event.message for event in events)]
+        step = score_batch(records, scorer, self.histories, history_limit(scorer.window), self.settings.max_event_bytes,
+                           self.app.conf.producer_max_request_size, received, lap)
 
-        histories, positions, kept = [], [], []
-        latest: dict[str, tuple[UserHistory, int]] = {}  # user -> history, partition of its event
-        for event, decoded, source in valid:
-            if decoded.user_id in latest:  # the user's earlier events in this batch keep their windows
-                history = latest[decoded.user_id][0].copy()
-            else:
-                history = self.histories.history(decoded.user_id, scorer.schema)
-            known = decoded.event_id in history
-            if known and not history.holds(decoded):  # a redelivery is scored again; new content is not it
-                pending.append(await self._dead_letter(event.message, ID_REUSED, source))
-                continue
-            position = history.append(decoded, history_limit(scorer.window))
-            if position == NOT_KEPT:
-                pending.append(await self._dead_letter(event.message, TOO_LATE, source))
-                continue
-            if known:
-                metrics.duplicates.inc()
-            latest[decoded.user_id] = (history, event.message.partition)
-            histories.append(history)
-            positions.append(position)
-            kept.append((decoded, source))
+        pending: list[asyncio.Future] = []
+        for _, (key, value, headers) in step.dead_letters:
+            pending.append(await self.dead_letter_topic.send(key=key, value=value, headers=headers))
+        for key, value in step.forwards:
+            pending.append(await self.repartition_topic.send(key=key, value=value))
         # Straight to the aiokafka producer under Faust's, one record batch per partition (see
-        # worker/record_batches.py): Topic.send's FutureMessage, callbacks and sensors cost ~40 us a record
+        # worker/record_batches.py): Topic.send's FutureMessage, callbacks and sensors cost more a record
         await self.app.maybe_start_producer()
         producer = internals.aiokafka_producer(self.app)
-        updates = [(user, history, partition) for user, (history, partition) in latest.items()]
-        pending.append(await self.histories.write(updates, producer))
-        lap("state")
-
-        scores = scorer.score(histories, positions, lap) if histories else []
-        scored_at = time.time()
+        pending.append(await self.histories.write(step.state, producer))
         out = PartitionBatches(producer, self.settings.scores_topic)
-        for score, (decoded, source) in zip(scores, kept):
-            record = score_record(score, scorer.version, decoded.ts, source, received, scored_at)
-            await out.append(score.user_id.encode(), orjson.dumps(record))
-        neighbours = np.fromiter((score.neighbours for score in scores), dtype=np.int64, count=len(scores))
-        observe_many(metrics.neighbours, neighbours)
-        metrics.zero_neighbours.inc(int(np.count_nonzero(neighbours == 0)))
+        for key, value in step.scores:
+            await out.append(key, value)
         pending.extend(sent.delivered for sent in await out.send())
-        lap("produce")  # handed to the producer; delivery is confirmed (and timed) by _confirm
-        metrics.events.labels("scored").inc(len(kept))
-        metrics.batch_size.observe(len(events))
-        return pending, kept
+        # every output (dead letters, forwards, state, scores) handed to the producer; delivery is
+        # confirmed (and timed) by _confirm
+        lap("produce")
 
-    async def _dead_letter(self, message, reason: str, source: Source) -> asyncio.Future:
-        self.metrics.dead_letters.labels(reason).inc()
-        self.metrics.events.labels("dead_letter").inc()
-        letter = dead_letter(message.key, message.value, reason, source, self.app.conf.producer_max_request_size)
-        return await self.dead_letter_topic.send(key=letter.key, value=letter.value, headers=letter.headers)
+        for reason, count in step.dead_letters_by_reason().items():
+            metrics.dead_letters.labels(reason).inc(count)
+        metrics.events.labels("dead_letter").inc(len(step.dead_letters))
+        metrics.events.labels("repartitioned").inc(step.repartitioned)
+        metrics.events.labels("scored").inc(step.scored)
+        metrics.duplicates.inc(step.duplicates)
+        metrics.observe_neighbours(step.neighbours)
+        metrics.batch_size.observe(len(events))
+        return pending, step.timestamps
 
     # --- operations -------------------------------------------------------------------------
 
@@ -289,25 +255,11 @@ def _report_failed_delivery(task: asyncio.Task) -> None:
 def _freeze_long_lived() -> None:
     """Keep the cyclic GC's full collections off everything that lives as long as the process.
 
-    The app, Faust, torch and the served artifact are ~400k tracked objects: a full collection
-    traversed them all and paused the event loop ~150 ms every few seconds under load (the
-    worst latencies). Frozen objects are skipped (~2-6 ms per full collection here). Called when
-    an artifact starts being served; the unfreeze + collect lets a replaced one be freed (one
-    ~150 ms pause per swap).
+    The app, Faust, torch and the served artifact are hundreds of thousands of tracked objects: a
+    full collection traversed them all and paused the event loop for the worst latencies under
+    load; frozen objects are skipped (docs/results.md). Called when an artifact starts being
+    served; the unfreeze + collect lets a replaced one be freed (one such pause per swap).
     """
     gc.unfreeze()
     gc.collect()
     gc.freeze()
-
-
-class _Laps:
-    """Observes the time since the previous lap under each stage's name."""
-
-    def __init__(self, metrics: WorkerMetrics) -> None:
-        self.metrics = metrics
-        self.last = time.perf_counter()
-
-    def __call__(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.metrics.stage_seconds.labels(stage).observe(now - self.last)
-        self.last = now

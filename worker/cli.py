@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ecseq.artifacts import ArtifactStore
-from ecseq.data.events import DataError
+from ecseq.errors import DataError
 from ecseq.settings import variable
 from worker.settings import WorkerSettings
 
@@ -31,7 +31,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings: WorkerSettings = args.settings
     try:
         internals.check()
-    except internals.FaustCompatError as exc:
+    except internals.InternalsChanged as exc:
         print(f"ecseq: error: {exc}", file=sys.stderr)
         return 2
     kafka = KafkaClientConfig.from_settings(settings)
@@ -43,7 +43,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     worker = Worker(settings, kafka, replication, metrics)
     # what `faust worker` does: signal handling (SIGTERM stops cleanly, within a bound), logging, exit status
     runner = WorkerRunner(worker.app, loglevel=args.loglevel, redirect_stdouts=False)
-    # the terminal spinner would set the root logger to DEBUG: ~10 % of the CPU per event
+    # the terminal spinner would set the root logger to DEBUG, which costs CPU on every event
     runner.spinner = None
     runner.execute_from_commandline()
     return 0

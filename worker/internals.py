@@ -1,4 +1,5 @@
-"""The worker's one seam to faust-streaming and aiokafka internals: three patches and three private reads.
+"""The worker's one seam to third-party internals: three patches of faust-streaming and aiokafka,
+three private reads of theirs, and prometheus-client's histogram buckets.
 
 Nothing else in the project touches a private name of theirs. `check()` runs before the App is
 built: it refuses to start, with one line naming what changed, when the installed versions are
@@ -13,22 +14,26 @@ import inspect
 from importlib.metadata import version
 from typing import Any
 
-TESTED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
+import numpy as np
+from prometheus_client import Histogram
+
+TESTED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0", "prometheus-client": "0.26.0"}
+HISTOGRAM_PARTS = ("_upper_bounds", "_buckets", "_sum")  # what observe_many reads and increments
 
 
-class FaustCompatError(RuntimeError):
-    """The installed faust-streaming or aiokafka differs from what the patches were written for."""
+class InternalsChanged(RuntimeError):
+    """An installed package differs from what the patches and private reads here were written for."""
 
 
 def _require(owner: type, name: str, parameters: tuple[str, ...], coroutine: bool) -> None:
     function = getattr(owner, name, None)
     if function is None:
-        raise FaustCompatError(f"{owner.__module__}.{owner.__qualname__}.{name} is gone")
+        raise InternalsChanged(f"{owner.__module__}.{owner.__qualname__}.{name} is gone")
     if getattr(function, "_ecseq_patch", False):
         function = function._ecseq_original
     found = tuple(inspect.signature(function).parameters)
     if found != parameters or inspect.iscoroutinefunction(function) != coroutine:
-        raise FaustCompatError(f"{owner.__module__}.{owner.__qualname__}.{name} changed: parameters {found}, "
+        raise InternalsChanged(f"{owner.__module__}.{owner.__qualname__}.{name} changed: parameters {found}, "
                                f"expected {parameters}{' (async)' if coroutine else ''}")
 
 
@@ -37,12 +42,13 @@ def check() -> None:
     for package, tested in TESTED.items():
         installed = version(package)
         if installed != tested:
-            raise FaustCompatError(f"{package} {installed} is installed; the worker's patches of its internals "
+            raise InternalsChanged(f"{package} {installed} is installed; the worker's patches of its internals "
                                    f"(worker/internals.py) were tested on {tested}: install {package}=={tested}")
     from faust.stores.rocksdb import Store
     from faust.tables.recovery import Recovery
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Producer
     from mode import Worker
+    from prometheus_client import CollectorRegistry
 
     _require(Recovery, "on_recovery_completed", ("self", "generation_id"), coroutine=True)
     _require(AIOKafkaConsumerThread, "getmany", ("self", "active_partitions", "timeout"), coroutine=True)
@@ -51,6 +57,10 @@ def check() -> None:
     _require(Producer, "_ensure_producer", ("self",), coroutine=False)
     _require(Worker, "_on_sigterm", ("self",), coroutine=False)
     _require(Worker, "_on_sigint", ("self",), coroutine=False)
+    probe = Histogram("probe", "", buckets=(1.0,), registry=CollectorRegistry())
+    missing = [name for name in HISTOGRAM_PARTS if not hasattr(probe, name)]
+    if missing:
+        raise InternalsChanged(f"prometheus_client.Histogram has no {', '.join(missing)} (read by observe_many)")
 
 
 def apply() -> None:
@@ -159,7 +169,8 @@ def changelog_instead_of_wal() -> None:
 
 def aiokafka_producer(app: Any) -> Any:
     """The started aiokafka producer under Faust's: its record-batch API has no Faust counterpart
-    (worker/record_batches.py sends whole record batches; Topic.send costs ~40 us a record)."""
+    (worker/record_batches.py sends whole record batches; Topic.send's per-record futures and callbacks
+    cost more than scoring the event)."""
     return app.producer._ensure_producer()
 
 
@@ -175,3 +186,20 @@ def rocksdb_partition(store: Any, partition: int) -> Any:
     """The rocksdict DB of one RocksDB table partition, for one write batch per micro-batch
     (Faust's own changelog recovery writes that way; its public put is per key)."""
     return store._db_for_partition(partition)
+
+
+def observe_many(histogram: Histogram, values: np.ndarray) -> None:
+    """`histogram.observe(v)` for each of `values`, with one increment per bucket touched.
+
+    An observe is a Python loop over the bucket bounds, and the worker makes two per event. This
+    fills the same buckets (a value counts in the first bucket whose bound is >= it) through the
+    client's own bucket values (`check` verifies they exist; tests/worker/test_metrics.py checks
+    the result against observe's).
+    """
+    if len(values) == 0:
+        return
+    bucket = np.searchsorted(histogram._upper_bounds, values, side="left")
+    histogram._sum.inc(float(np.sum(values)))
+    for index, count in zip(*np.unique(bucket, return_counts=True)):
+        if index < len(histogram._buckets):  # NaN: in no bucket, as with observe
+            histogram._buckets[index].inc(int(count))

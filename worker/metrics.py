@@ -13,6 +13,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from ecseq.decoding import REASONS
+from worker.internals import observe_many
 from worker.outputs import ID_REUSED, TOO_LATE
 
 DEAD_LETTER_REASONS = (*REASONS, TOO_LATE, ID_REUSED)
@@ -79,23 +80,14 @@ class WorkerMetrics:
         self.artifact.info({"version": version})
         self.artifact_created.set(created_at)
 
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        self.stage_seconds.labels(stage).observe(seconds)
+
+    def observe_neighbours(self, neighbours: np.ndarray) -> None:
+        """Per scored event, the compressed nodes it attached to (none: drift)."""
+        observe_many(self.neighbours, neighbours)
+        self.zero_neighbours.inc(int(np.count_nonzero(neighbours == 0)))
+
     def observe_latencies(self, record_timestamps_s: Sequence[float], now: float | None = None) -> None:
         latencies = (now or time.time()) - np.asarray(record_timestamps_s, dtype=np.float64)
         observe_many(self.event_to_score, np.maximum(latencies, 0.0))
-
-
-def observe_many(histogram: Histogram, values: np.ndarray) -> None:
-    """`histogram.observe(v)` for each of `values`, with one increment per bucket touched.
-
-    An observe is a Python loop over the bucket bounds (~1.5 us), and the worker makes two per
-    event. This fills the same buckets (a value counts in the first bucket whose bound is >= it)
-    through the client's own bucket values; prometheus-client is pinned, and a test checks the
-    result against observe's.
-    """
-    if len(values) == 0:
-        return
-    bucket = np.searchsorted(histogram._upper_bounds, values, side="left")
-    histogram._sum.inc(float(np.sum(values)))
-    for index, count in zip(*np.unique(bucket, return_counts=True)):
-        if index < len(histogram._buckets):  # NaN: in no bucket, as with observe
-            histogram._buckets[index].inc(int(count))

@@ -2,16 +2,15 @@
 
 Faust's ``take_events(size, within)`` cuts a batch after `within` (counted from when the agent asks
 for it) or at `size` events. A short `within` bounds latency at normal load, but at full load it
-also caps the batch: the buffer fills only while the agent waits, so a 10 ms window took ~75-100
-events, and per-batch costs (model calls, record batches, state writes, timers) dominated.
+also caps the batch: the buffer fills only while the agent waits, so a batch stays far below
+`size` and per-batch costs (model calls, record batches, state writes, timers) dominate.
 
 So takes are joined while at least the rest of a full batch is already waiting in Kafka (by
 the high watermarks of the latest fetches): catching up after a restart or a burst, or at full
 load. A batch never exceeds `size`, and one being joined is cut once it has been open
 `JOIN_LIMIT` windows, whether or not another take comes: Faust stops fetching before a rebalance
 or a shutdown and then waits until every taken event is acknowledged, so a batch waiting for
-more would wait for ever. Measured with bench_worker (RocksDB, same machine): ~4,000 -> ~5,400
-events/s, with about the same latency at half of the new rate.
+more would wait for ever. docs/results.md has what this changed in bench_worker.
 """
 
 from __future__ import annotations

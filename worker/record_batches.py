@@ -1,10 +1,9 @@
 """A micro-batch's outputs to one topic, sent as one Kafka record batch per partition.
 
-aiokafka's per-record `send` costs a coroutine, a delivery future and its callback per record;
-for the changelog that was ~50 us a record in the worker (measured with bench_worker: 3,100 ->
-3,640 events/s when the changelog moved to record batches), more than scoring the event. Its
-record-batch API appends each record in C and resolves one future per batch: the records of a
-micro-batch for one partition travel in one produce request either way.
+aiokafka's per-record `send` costs a coroutine, a delivery future and its callback per record,
+more than scoring the event (the figures are in docs/results.md). Its record-batch API appends
+each record in C and resolves one future per batch: the records of a micro-batch for one
+partition travel in one produce request either way.
 """
 
 from __future__ import annotations
@@ -12,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
-from aiokafka.producer.message_accumulator import BatchBuilder
 from faust.types import TP
+
+if TYPE_CHECKING:  # what producer.create_batch() returns
+    from aiokafka.producer.message_accumulator import BatchBuilder
 
 
 @dataclass(frozen=True)

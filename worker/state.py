@@ -1,7 +1,7 @@
 """Each user's sequence: the changelog-backed Faust table, fronted by a cache of decoded histories.
 
 The table (RocksDB or memory, replicated through its changelog topic) is the truth; reading a
-user's bytes back and decoding them on every event was ~40% of the worker's state time. The
+user's bytes back and decoding them on every event was most of the worker's state time. The
 cache keeps the decoded `UserHistory` of recently seen users (bounded by their stored bytes,
 least recently used out) and is emptied on every rebalance: Faust signals a revocation only
 once the in-flight batches are acknowledged, and another replica may own a user's partition in
@@ -16,7 +16,7 @@ Writes do what a Faust table assignment does (the local store, a changelog recor
 partition of the event's input partition, the store's persisted offset once delivered), per
 partition and micro-batch instead of per key: one RocksDB write batch, one Kafka record batch
 (worker/record_batches.py), one persisted offset. Per key, Faust's path costs futures, callbacks and
-codecs (~40 us a key, once the largest cost of the state stage). The micro-batch is
+codecs (once the largest cost of writing state; docs/results.md). The micro-batch is
 acknowledged only after its changelog records are delivered.
 """
 

@@ -13,8 +13,9 @@ import inspect
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 import torch
@@ -102,7 +103,11 @@ def _is_int(value: object, minimum: int = 1) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
-def _meta_build(build, *args, **kwargs) -> nn.Module:
+_P = ParamSpec("_P")
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def _meta_build(build: Callable[_P, _M], *args: _P.args, **kwargs: _P.kwargs) -> _M:
     with torch.device("meta"):
         return build(*args, **kwargs)
 

@@ -13,9 +13,9 @@ import errno
 import hashlib
 import os
 import stat
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ from ecseq.features import FeatureSpec
 from ecseq.gnn import RelationGNN, RelationModel
 from ecseq.graph import Attachment, CompressedGraph
 from ecseq.scoring import Scorer
+from ecseq.stages import OnStage, StageClock
 
 GOLDEN_TOLERANCE = 1e-5
 MAX_MANIFEST_BYTES = 1 << 20
@@ -158,6 +159,7 @@ def _read_files(dfd: int, files: dict, version: str) -> dict[str, bytes]:
     if missing:
         raise refuse(version, "missing_file", f"{', '.join(missing)} missing")
     for name, st in stats.items():
+        assert st is not None  # the missing ones were refused just above
         if st.st_size != files[name]["size"]:
             raise refuse(version, "size_mismatch", f"size mismatch in {name} (expected {files[name]['size']} "
                                                    f"bytes, found {st.st_size})")
@@ -201,7 +203,10 @@ def _check_keys(arrays: dict, keys: set, name: str, version: str) -> None:
         raise refuse(version, "shape_mismatch", f"{name} has arrays {sorted(arrays)}, expected {sorted(keys)}")
 
 
-def _assign(module: nn.Module, arrays: dict[str, np.ndarray], name: str, version: str) -> nn.Module:
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def _assign(module: _M, arrays: dict[str, np.ndarray], name: str, version: str) -> _M:
     module.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()}, strict=True, assign=True)
     left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
     if left:
@@ -209,20 +214,14 @@ def _assign(module: nn.Module, arrays: dict[str, np.ndarray], name: str, version
     return module.eval()
 
 
-def read_artifact(path: Path, version: str, timings: dict[str, float] | None = None
+def read_artifact(path: Path, version: str, on_stage: OnStage | None = None
                   ) -> tuple[dict, str, ModelBundle, Scorer]:
     """Check the version directory at `path` completely and build its bundle and scorer.
 
-    -> (manifest, manifest sha256, bundle, scorer). Any failure is an ArtifactError. `timings`,
-    if given, receives the seconds spent in each stage.
+    -> (manifest, manifest sha256, bundle, scorer). Any failure is an ArtifactError. `on_stage`,
+    if given, is told the seconds spent in each stage.
     """
-    clock = [time.perf_counter()]
-
-    def lap(stage: str) -> None:
-        now = time.perf_counter()
-        if timings is not None:
-            timings[stage] = now - clock[0]
-        clock[0] = now
+    lap = StageClock(on_stage).lap
 
     dfd = _open_dir(Path(path), version)
     try:

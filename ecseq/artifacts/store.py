@@ -255,9 +255,10 @@ class ArtifactStore:
         for label, value in (("parent", parent), ("encoder_version", encoder_version)):
             if value is not None and not is_version_name(value):
                 raise ValueError(f"{label} must be None or a version name, got {value!r}")
-        data, metrics = jsonable(data, "data"), jsonable(metrics, "metrics")
-        if not isinstance(data, dict) or not isinstance(metrics, dict):
+        data_json, metrics_json = jsonable(data, "data"), jsonable(metrics, "metrics")
+        if not isinstance(data_json, dict) or not isinstance(metrics_json, dict):
             raise TypeError("data and metrics must be dicts")
+        data, metrics = data_json, metrics_json
         extras = {}
         for name, content in extra_files.items():
             problem = unsafe_name_problem(name)
@@ -322,6 +323,7 @@ class ArtifactStore:
     def rollback(self, version: str | None = None) -> LoadedArtifact:
         """Point CURRENT back at `version`, or (None) at the newest older version that verifies; a
         broken CURRENT (unreadable, not a version name) is repaired with the newest that verifies."""
+        loaded: LoadedArtifact | None  # None until a candidate verifies (the else branch)
         with self._store_lock():
             if version is not None:
                 loaded = self._verify(version)

@@ -28,7 +28,7 @@ def _neighbour_index(x: np.ndarray, seed: int) -> faiss.Index:
     """Inner-product index over unit rows: exact for small inputs, IVF for large ones."""
     n, dim = x.shape
     if n <= EXACT_SEARCH_MAX_ROWS:
-        index = faiss.IndexFlatIP(dim)
+        index: faiss.Index = faiss.IndexFlatIP(dim)
     else:
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, round(math.sqrt(n)), faiss.METRIC_INNER_PRODUCT)

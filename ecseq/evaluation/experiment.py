@@ -10,6 +10,7 @@ labels, and all are tested on the latest period.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -36,6 +37,8 @@ from ecseq.scoring import Scorer
 from ecseq.windows import SequenceWindows
 
 METHODS = ("encoder", "head", "ecseq", "full_graph")
+# fit_compressed or fit_full_graph: (encoder, embeddings, labels, validation set, config) -> fitted model
+RelationFit = Callable[[SequenceEncoder, np.ndarray, np.ndarray, Labelled, RelationConfig], RelationModel]
 SCENARIOS = ("standard", "refresh")
 TIMING_BATCH = 256
 
@@ -81,7 +84,8 @@ def training_events(table: EventTable, rows: np.ndarray, window: int) -> np.ndar
     return np.cumsum(diff[:-1]) > 0
 
 
-def _per_event_seconds(fn, windows: SequenceWindows, rows: np.ndarray) -> tuple[np.ndarray, float]:
+def _per_event_seconds(fn: Callable[[torch.Tensor], np.ndarray], windows: SequenceWindows,
+                       rows: np.ndarray) -> tuple[np.ndarray, float]:
     """Run `fn` over batches of featurised windows; time only `fn` (windows are its input)."""
     outputs, spent = [], 0.0
     for _, batch in windows.batches(rows, TIMING_BATCH):
@@ -155,7 +159,7 @@ def relation_for_seed(relation: RelationConfig, seed: int) -> RelationConfig:
     return replace(relation, gnn=replace(relation.gnn, seed=seed))
 
 
-def fit_and_score(p: Prepared, fit, relation: RelationConfig) -> MethodResult:
+def fit_and_score(p: Prepared, fit: RelationFit, relation: RelationConfig) -> MethodResult:
     """Fit a relation model (fit_compressed or fit_full_graph) and score the test events with it."""
     started = time.perf_counter()
     model = fit(p.encoder, p.fit_embeddings, p.fit_labels, p.val, relation)

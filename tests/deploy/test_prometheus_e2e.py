@@ -1,4 +1,4 @@
-"""Issue 5 part 4: a real Prometheus server, run with the project's own deploy/prometheus.yml and
+"""A real Prometheus server, run with the project's own deploy/prometheus.yml and
 alert rules (local targets swapped in), scrapes a real worker and a real builder service while
 events stream through; then PromQL answers what the alerts and the dashboard ask."""
 

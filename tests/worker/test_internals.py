@@ -44,10 +44,10 @@ def test_table_partitions_are_written_without_rocksdb_wal(tmp_path):
     db.close()
 
 
-def test_another_faust_or_aiokafka_version_is_refused_by_name(monkeypatch):
+def test_another_version_of_a_package_it_reaches_into_is_refused_by_name(monkeypatch):
     internals.check()  # the installed versions are the tested ones
     monkeypatch.setitem(internals.TESTED, "aiokafka", "0.0.1")
-    with pytest.raises(internals.FaustCompatError, match=r"aiokafka 0\.14\.0 is installed.*aiokafka==0\.0\.1"):
+    with pytest.raises(internals.InternalsChanged, match=r"aiokafka 0\.14\.0 is installed.*aiokafka==0\.0\.1"):
         internals.check()
 
 
@@ -55,10 +55,20 @@ def test_a_changed_shape_of_what_is_patched_or_read_is_refused(monkeypatch):
     from faust.transport.drivers.aiokafka import Producer
 
     monkeypatch.setattr(Producer, "_ensure_producer", lambda self, wait=True: None)
-    with pytest.raises(internals.FaustCompatError, match=r"Producer\._ensure_producer changed"):
+    with pytest.raises(internals.InternalsChanged, match=r"Producer\._ensure_producer changed"):
         internals.check()
     monkeypatch.delattr(Producer, "_ensure_producer")
-    with pytest.raises(internals.FaustCompatError, match=r"_ensure_producer is gone"):
+    with pytest.raises(internals.InternalsChanged, match=r"_ensure_producer is gone"):
+        internals.check()
+
+
+def test_a_histogram_without_the_buckets_observe_many_reads_is_refused(monkeypatch):
+    class Histogram:  # a prometheus-client whose histograms keep their buckets elsewhere
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            self._sum = None
+
+    monkeypatch.setattr(internals, "Histogram", Histogram)
+    with pytest.raises(internals.InternalsChanged, match=r"Histogram has no _upper_bounds, _buckets"):
         internals.check()
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
-from worker.metrics import END_TO_END_BUCKETS, observe_many
+from worker.internals import observe_many
+from worker.metrics import END_TO_END_BUCKETS
 
 
 def _histogram(registry: CollectorRegistry) -> Histogram:

@@ -105,7 +105,7 @@ def test_reason_codes_are_the_documented_ones():
 def test_read_artifact_reports_stage_timings(store, bundle, golden):
     published = publish(store, bundle, golden)
     timings: dict[str, float] = {}
-    manifest, sha, _, _ = read_artifact(published.path, published.version, timings)
+    manifest, sha, _, _ = read_artifact(published.path, published.version, timings.__setitem__)
     assert manifest["version"] == published.version and sha == published.manifest_sha256
     assert list(timings) == ["manifest_checksums", "weights_parse", "module_build", "scorer", "golden"]
     assert all(t >= 0 for t in timings.values())

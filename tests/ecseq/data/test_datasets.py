@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ecseq.data.builtin import DATASETS, load_dataset
 from ecseq.data.cdnow import load_cdnow
-from ecseq.data.datasets import BASE_COLUMNS, DATASETS, Dataset, load_dataset
+from ecseq.data.datasets import BASE_COLUMNS, Dataset
 from ecseq.data.synthetic import generate_synthetic
 
 
