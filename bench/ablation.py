@@ -15,7 +15,7 @@ import faiss
 import numpy as np
 
 from bench.common import write_result
-from ecseq.data.datasets import load_dataset
+from ecseq.data.builtin import load_dataset
 from ecseq.data.splits import split_by_time
 from ecseq.encoders.training import EncoderTrainConfig, embed_rows
 from ecseq.evaluation.experiment import ExperimentConfig, fit_and_score, prepare, relation_for_seed

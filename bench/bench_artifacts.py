@@ -57,7 +57,7 @@ store = ArtifactStore(sys.argv[1])
 version = store.current()
 timings = {}
 if sys.argv[2] == "checked":
-    read_artifact(store.path(version), version, timings)
+    read_artifact(store.path(version), version, timings.__setitem__)
 else:
     bare_load(store.path(version), store.manifest(version), with_scorer=True)
 done = time.perf_counter()
@@ -151,7 +151,7 @@ def main() -> int:
         for _ in range(args.loads):
             timings: dict[str, float] = {}
             started = time.perf_counter()
-            read_artifact(path, version, timings)
+            read_artifact(path, version, timings.__setitem__)
             totals.append(time.perf_counter() - started)
             for stage, seconds in timings.items():
                 stages.setdefault(stage, []).append(seconds)

@@ -21,19 +21,21 @@ same order:
       confirmed) is read from /metrics.
 The apps:
   ``bare``          bench/faust_bare.py: forward each event, keyed by user (the framework's
-                    ceiling), handling its outputs as the worker does (WORKER_IO_ARGS);
-                    every bare app batches as the worker does (batch size, window, joined takes);
+                    ceiling): the worker's own pipeline (settings, micro-batches, record
+                    batches, confirmation, runner) without decoding, state and scoring; every
+                    bare app gets the worker's ``--worker-env`` settings (batch size, window);
   ``bare-table``    the same plus a per-user table write per event (memory store);
   ``worker``        the real ECSeq worker, ``python -m ecseq_cli worker`` configured through
                     ECSEQ_* variables (``worker_app``), state in RocksDB (the product default);
   ``worker-memory`` the same with ECSEQ_STATE_STORE=memory://;
-  ``bare-faust-io`` the bare forwarder in Faust's own idiom (Topic.send, 16 KiB producer
-                    batches, deliveries awaited before the next batch), for reference.
+  ``bare-faust-io`` the bare forwarder with its outputs in Faust's own idiom (``--faust-io``:
+                    Topic.send, 16 KiB producer batches, deliveries awaited before the next
+                    batch), for reference.
 The worker serves an artifact trained here first (``train-encoder --dataset synthetic
 --epochs 1``, ~20 s) unless ``--artifacts`` names a store. Its /metrics (per-stage
 histograms, batch sizes, outcomes) are scraped after each phase. ``--profile`` samples every
-app with py-spy during its first max run and sorts the samples into stages (results then go
-to worker-profile.json: sampling slows the app down).
+app with py-spy during its first max run and sorts the samples into stages by module
+(bench/stage_profile.py; results then go to worker-profile.json: sampling slows the app down).
 Targets: worker >= 60% of bare's max throughput; event-to-score p99 <= 50 ms at
 half the worker's own max rate. Results: bench/results/worker.json.
 """
@@ -52,7 +54,6 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,8 +61,9 @@ from pathlib import Path
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from bench import faust_bare
 from bench.common import report_checks
-from ecseq.settings import parse_duration
+from bench.stage_profile import Profiler
 from kafka_io import KafkaClientConfig, KafkaCluster, ensure_topics, free_port
 from kafka_io.jars import kafka_version
 from worker.settings import WorkerSettings
@@ -69,14 +71,6 @@ from worker.settings import WorkerSettings
 ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 4
 FIELDS = ("event_id", "user_id", "ts", "amount", "hour", "hours_since_prev", "mcc", "device", "country", "channel")
-# The bare apps handle their outputs as the worker does (worker/app.py), so that `worker / bare` is
-# the cost of the worker's own work: one record batch per partition on the aiokafka producer
-# (worker/record_batches.py; 256 KiB batches, no linger), a batch's deliveries confirmed in the background
-# (at most 2 batches in flight), long-lived objects frozen for the GC. `bare-faust-io` is the same
-# forwarder with Faust's own idiom (Topic.send, 16 KiB batches, deliveries awaited before the next
-# batch), for reference. Both bare apps take their input as the worker does (worker_like_args).
-WORKER_IO_ARGS = ["--direct-send", "--max-batch-bytes", str(256 * 1024), "--linger", "0", "--pipeline", "2",
-                  "--gc-freeze"]
 RATIO_TARGET = 0.6
 P99_TARGET_MS = 50.0
 
@@ -95,21 +89,15 @@ class AppSpec:
     metrics_url: str | None = None  # the worker's /metrics
 
 
-def worker_like_args(settings: WorkerSettings) -> list[str]:
-    """The bare apps batch as the worker does (its batch size, window, joined takes while behind)
-    and join their group with its session timeout."""
-    return ["--batch", str(settings.batch_size), "--within", str(parse_duration(settings.batch_within)),
-            "--join-backlog", "--session-timeout", str(parse_duration(settings.session_timeout))]
-
-
-def bare_app(name: str, run: str, bootstrap: str, table: bool, extra: list[str], tmp: Path) -> AppSpec:
+def bare_app(name: str, run: str, bootstrap: str, options: list[str], extra_env: dict[str, str],
+             tmp: Path) -> AppSpec:  # fmt: skip
+    """bench/faust_bare.py on its own topics, reading the worker's ECSEQ_* settings as the worker does
+    (``extra_env``: the same ones the worker gets), so that both batch alike."""
     topic_in, topic_out = f"bench.{name}.{run}.in", f"bench.{name}.{run}.out"
-    argv = [sys.executable, "-m", "bench.faust_bare", "--bootstrap", bootstrap,
+    argv = [sys.executable, "-m", faust_bare.__name__, "--bootstrap", bootstrap,
             "--input", topic_in, "--output", topic_out, "--group", f"bench-{name}-{run}",
             "--partitions", str(PARTITIONS), "--datadir", str(tmp / f"{name}-{run}-data")]  # fmt: skip
-    if table:
-        argv.append("--table")
-    return AppSpec(name, argv + extra, input=topic_in, output=topic_out)
+    return AppSpec(name, argv + options, dict(extra_env), input=topic_in, output=topic_out)
 
 
 # ------------------------------------------------------------------------------------------
@@ -354,143 +342,6 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1e3, 3)
 
 
-class Profiler:
-    """py-spy sampling one process (and its threads) until stopped; raw collapsed stacks."""
-
-    def __init__(self, pid: int, out: Path, rate: int = 200) -> None:
-        exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        self.out = out
-        self.proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
-                                      "--idle", "--threads", "--output", str(out)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     start_new_session=True)
-        time.sleep(0.5)  # attached
-
-    def stop(self) -> dict:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-        try:
-            _, err = self.proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, err = self.proc.communicate()
-        if not self.out.exists():
-            return {"error": (err or b"").decode(errors="replace")[-1000:]}
-        return summarise_profile(self.out.read_text())
-
-
-# Where a sample's time goes: scanning from the leaf, the first frame that matches a rule names the
-# category. A rule is (qualified function name or its last part, or None = any; a piece of the file
-# path; category). py-spy writes frames as "Class.func (path:line)"; project files outside ecseq/ lose
-# their directory ("app.py"), so worker functions are matched by qualified name.
-CHANGELOG = "state: table store (RocksDB) and changelog sends"
-PROFILE_RULES: tuple[tuple[str | None, str, str], ...] = (
-    ("sage_mean_scores", "", "gnn"),
-    ("Scorer._score_fused", "ecseq/scoring.py", "attach"),
-    ("Scorer._score", "ecseq/scoring.py", "attach"),
-    ("embed", "ecseq/encoders", "encode"),
-    ("score_embeddings", "ecseq/encoders", "encode"),
-    ("OnlineScorer.windows", "ecseq/online.py", "featurise"),
-    ("OnlineScorer.score", "ecseq/online.py", "results (OnlineScore + explanation)"),
-    ("decode_event", "", "decode"),
-    (None, "ecseq/history.py", "state: UserHistory (append, to/from bytes)"),
-    ("HistoryTable.history", "", CHANGELOG),
-    ("_as_current", "", CHANGELOG),
-    (None, "faust/tables", CHANGELOG),
-    (None, "faust/stores", CHANGELOG),
-    (None, "rocksdict", CHANGELOG),
-    ("score_record", "", "produce (records, JSON, hand-off)"),
-    ("PartitionBatches.append", "", "produce (records, JSON, hand-off)"),  # the scores' (the changelog's is
-    ("PartitionBatches.send", "", "produce (records, JSON, hand-off)"),    # under HistoryTable.write)
-    ("Topic.send", "faust/topics.py", "produce (records, JSON, hand-off)"),
-    ("Producer.send", "faust/transport", "produce (records, JSON, hand-off)"),
-    ("maybe_start_producer", "", "produce (records, JSON, hand-off)"),
-    ("Worker._dead_letter", "", "produce (records, JSON, hand-off)"),
-    (None, "prometheus_client", "metrics"),
-    ("observe_latencies", "", "metrics"),
-    ("observe_many", "", "metrics"),
-    ("_Laps.__call__", "", "metrics"),
-)
-# Frames of the agent itself: time spent there (or in the framework below them, e.g. take_events)
-GENERIC = ("Worker._score_batch", "Worker._score_stream", "Worker._confirm")
-# Framework time by area: the first frame (from the leaf) whose name holds one of these
-FRAMEWORK_AREAS: tuple[tuple[tuple[str, ...], str], ...] = (
-    (("Consumer.commit", "_commit_handler", "force_commit", "GroupCoordinator", "Monitor.", "_record_lag",
-      "Web.", "aiohttp"), "framework: commits, heartbeats, timers, web"),
-    (("Sender.", "ProducerBuffer", "MessageBatch", "MessageAccumulator", "Topic._on_published",
-      "Topic.publish_message", "AIOKafkaProducer", "SendProduceReqHandler"),
-     "framework: producer (batches, requests, delivery callbacks)"),
-    (("Fetcher", "Consumer.", "Conductor", "Stream.", "AIOKafkaConsumer", "ThrowableQueue", "FlowControlQueue",
-      "Channel.", "Event.", "take_events"), "framework: consumer (fetch, conductor, stream, take_events)"),
-)  # fmt: skip
-
-
-def _frame_parts(frame: str) -> tuple[str, str]:
-    """'Class.func (path/file.py:12)' -> ('Class.func', 'path/file.py')."""
-    name, _, where = frame.partition(" (")
-    return name.strip(), where.rsplit(":", 1)[0]
-
-
-def _named(name: str, rule: str | None) -> bool:
-    return rule is None or name == rule or name.endswith("." + rule)
-
-
-def _framework_area(parts: list[tuple[str, str]]) -> str:
-    for name, _ in reversed(parts):
-        for markers, area in FRAMEWORK_AREAS:
-            if any(marker in name for marker in markers):
-                return area
-    return "framework: other (asyncio, faust, aiokafka)"
-
-
-def classify(frames: list[str]) -> str:
-    """Category of one sample (frames root first, as py-spy's raw format writes them)."""
-    parts = [_frame_parts(f) for f in frames]
-    # the worker's own table writes (worker/state.py): store puts and changelog sends; the bytes
-    # they write are UserHistory's
-    if any(name == "HistoryTable.write" for name, _ in parts) and not any("ecseq/history.py" in path
-                                                                           for _, path in parts):
-        return CHANGELOG
-    for depth in range(len(parts) - 1, -1, -1):
-        name, path = parts[depth]
-        for rule_name, rule_path, category in PROFILE_RULES:
-            if _named(name, rule_name) and rule_path in path:
-                return category
-        if name in GENERIC:
-            below = parts[depth + 1:]
-            return _framework_area(below) + " [agent]" if below else "agent loop (worker/app.py)"
-    return _framework_area(parts)
-
-
-def summarise_profile(raw: str) -> dict:
-    """Shares of the main (event-loop) thread's samples by category; idle = waiting in the selector."""
-    main_busy: Counter[str] = Counter()
-    other_threads: Counter[str] = Counter()
-    idle = total_main = 0
-    for line in raw.splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        thread, *frames = stack.split(";")
-        n = int(count)
-        leaf = _frame_parts(frames[-1]) if frames else ("", "")
-        waiting = ("selectors.py" in leaf[1] or "concurrent/futures/thread.py" in leaf[1]
-                   or leaf[0].endswith(("wait", "select", "poll", "acquire")))
-        if thread.endswith("MainThread"):
-            total_main += n
-            if "selectors.py" in leaf[1]:
-                idle += n
-            else:
-                main_busy[classify(frames)] += n
-        elif not waiting:
-            other_threads[f"{thread.split(': ', 1)[-1]}: {classify(frames)}"] += n
-    busy = sum(main_busy.values())
-    return {"main_thread_samples": total_main,
-            "main_thread_idle_share": round(idle / total_main, 4) if total_main else None,
-            "main_thread_busy_share": {k: round(v / busy, 4) for k, v in main_busy.most_common()} if busy else {},
-            "other_threads_busy_samples": dict(other_threads.most_common(12))}  # fmt: skip
-
-
 # ------------------------------------------------------------------------------------------
 # The run.
 # ------------------------------------------------------------------------------------------
@@ -700,6 +551,7 @@ def _env_pairs(items: list[str]) -> dict[str, str]:
     bad = [k for k in pairs if not k.startswith("ECSEQ_")]
     if bad:
         raise SystemExit(f"--worker-env takes ECSEQ_*=value, not {bad}")
+    WorkerSettings.from_env(pairs)  # a bad value stops the bench here, not every app it starts
     return pairs
 
 
@@ -714,13 +566,13 @@ def main() -> int:
     parser.add_argument("--only-bare", action="store_true", help="skip the real worker")
     parser.add_argument("--apps", default=None,
                         help="comma list of: bare,bare-table,worker,worker-memory,bare-faust-io")
-    parser.add_argument("--bare-args",
-                        default="--hold-acks --crash-app",
-                        help="extra bench/faust_bare.py options (both bare apps)")
+    parser.add_argument("--bare-args", default="",
+                        help="extra bench/faust_bare.py options (every bare app)")
     parser.add_argument("--artifacts", default=None,
                         help="artifact store the worker serves (default: train one here, ~20 s)")
     parser.add_argument("--worker-env", action="append", default=[], metavar="ECSEQ_X=V",
-                        help="extra worker setting, e.g. ECSEQ_BATCH_SIZE=500 (repeatable)")
+                        help="extra worker setting, e.g. ECSEQ_BATCH_SIZE=500 (repeatable); the bare apps "
+                             "read it too")
     parser.add_argument("--min-ratio", type=float, default=RATIO_TARGET,
                         help="check: worker max throughput >= this fraction of bare's")
     parser.add_argument("--max-p99-ms", type=float, default=P99_TARGET_MS,
@@ -751,12 +603,13 @@ def main() -> int:
         setup["artifact"] = artifact
         with KafkaCluster(nodes=1) as broker:
             broker_pid = broker.nodes[0].pid
-            faust_io = args.bare_args.split() + worker_like_args(WorkerSettings.from_env(extra_env))
-            same_io = faust_io + WORKER_IO_ARGS
+            bare = args.bare_args.split()
             specs = {
-                "bare": lambda run: bare_app("bare", run, broker.bootstrap, False, same_io, tmp),
-                "bare-table": lambda run: bare_app("bare-table", run, broker.bootstrap, True, same_io, tmp),
-                "bare-faust-io": lambda run: bare_app("bare-faust-io", run, broker.bootstrap, False, faust_io, tmp),
+                "bare": lambda run: bare_app("bare", run, broker.bootstrap, bare, extra_env, tmp),
+                "bare-table": lambda run: bare_app("bare-table", run, broker.bootstrap, [*bare, "--table"], extra_env,
+                                                   tmp),
+                "bare-faust-io": lambda run: bare_app("bare-faust-io", run, broker.bootstrap, [*bare, "--faust-io"],
+                                                      extra_env, tmp),
                 "worker": lambda run: worker_app("worker", run, broker.bootstrap, store, "rocksdb://", tmp,
                                                  extra_env),
                 "worker-memory": lambda run: worker_app("worker-memory", run, broker.bootstrap, store, "memory://",

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ecseq.data.datasets import load_dataset
+from ecseq.data.builtin import load_dataset
 from ecseq.data.events import EventTable
 from ecseq.features import FeatureSpec
 from ecseq.windows import SequenceWindows

@@ -79,7 +79,10 @@ def prepare_topics(settings: WorkerSettings, kafka: KafkaClientConfig) -> tuple[
 
 
 class Worker:
-    """The Faust app with its topics, table, agents, timers and web views, built from WorkerSettings."""
+    """The Faust app with its topics, table, agents, timers and web views, built from WorkerSettings.
+
+    The process applies `worker.internals` (its patches of Faust) before building one (worker/cli.py).
+    """
 
     def __init__(self, settings: WorkerSettings, kafka: KafkaClientConfig, replication: tuple[int, int] = (1, 1),
                  metrics: WorkerMetrics | None = None) -> None:
@@ -93,7 +96,6 @@ class Worker:
             torch.set_num_threads(1)
         self.follower = ArtifactFollower(ArtifactStore(settings.store, keep=settings.keep_versions), self.metrics)
         self._batch_within = parse_duration(settings.batch_within)
-        internals.apply()
         self.app = faust.App(settings.app_id, **faust_settings(settings, kafka, replication[0]), **PRODUCER_TUNING)
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
         self.repartition_topic = self.app.topic(repartition_topic(settings), **raw)
@@ -122,7 +124,7 @@ class Worker:
         """Load and verify CURRENT off the event loop; swap between batches."""
         outcome = await asyncio.get_running_loop().run_in_executor(None, self.follower.check)
         if outcome == SWAPPED:
-            _freeze_long_lived()
+            freeze_long_lived()
         if self.follower.scorer is not None:
             self.served.set()
 
@@ -252,7 +254,7 @@ def _report_failed_delivery(task: asyncio.Task) -> None:
         log.error("delivering a batch's outputs failed; it stays unacknowledged: %r", task.exception())
 
 
-def _freeze_long_lived() -> None:
+def freeze_long_lived() -> None:
     """Keep the cyclic GC's full collections off everything that lives as long as the process.
 
     The app, Faust, torch and the served artifact are hundreds of thousands of tracked objects: a

@@ -30,7 +30,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings: WorkerSettings = args.settings
     try:
-        internals.check()
+        internals.apply()  # the process's patches of Faust, once, before any of it runs
     except internals.InternalsChanged as exc:
         print(f"ecseq: error: {exc}", file=sys.stderr)
         return 2

@@ -1,5 +1,5 @@
-"""The worker's one seam to third-party internals: three patches of faust-streaming and aiokafka,
-three private reads of theirs, and prometheus-client's histogram buckets.
+"""The project's one seam to third-party internals: three patches of faust-streaming and aiokafka,
+four private names of theirs, and prometheus-client's histogram buckets.
 
 Nothing else in the project touches a private name of theirs. `check()` runs before the App is
 built: it refuses to start, with one line naming what changed, when the installed versions are
@@ -11,6 +11,10 @@ fails without it (named in its docstring).
 from __future__ import annotations
 
 import inspect
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from importlib.metadata import version
 from typing import Any
 
@@ -44,6 +48,7 @@ def check() -> None:
         if installed != tested:
             raise InternalsChanged(f"{package} {installed} is installed; the worker's patches of its internals "
                                    f"(worker/internals.py) were tested on {tested}: install {package}=={tested}")
+    import faust.streams
     from faust.stores.rocksdb import Store
     from faust.tables.recovery import Recovery
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Producer
@@ -57,6 +62,8 @@ def check() -> None:
     _require(Producer, "_ensure_producer", ("self",), coroutine=False)
     _require(Worker, "_on_sigterm", ("self",), coroutine=False)
     _require(Worker, "_on_sigint", ("self",), coroutine=False)
+    if not isinstance(getattr(faust.streams, "_current_event", None), ContextVar):
+        raise InternalsChanged("faust.streams._current_event is gone (read by current_event)")
     probe = Histogram("probe", "", buckets=(1.0,), registry=CollectorRegistry())
     missing = [name for name in HISTOGRAM_PARTS if not hasattr(probe, name)]
     if missing:
@@ -203,3 +210,17 @@ def observe_many(histogram: Histogram, values: np.ndarray) -> None:
     for index, count in zip(*np.unique(bucket, return_counts=True)):
         if index < len(histogram._buckets):  # NaN: in no bucket, as with observe
             histogram._buckets[index].inc(int(count))
+
+
+@contextmanager
+def current_event(event: Any) -> Iterator[None]:
+    """Make `event` Faust's current event (what ``Table.partition_for_key`` reads to co-partition a
+    table write with its input): inside a ``take_events()`` batch there is none, and Faust names no
+    public way to set it (docs/faust-notes.md)."""
+    from faust.streams import _current_event
+
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
