@@ -1,3 +1,5 @@
+"""Settings: each process reads its own parts from ECSEQ_* variables; the `ecseq` command composes them."""
+
 import dataclasses
 import re
 from pathlib import Path
@@ -6,10 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ecseq.data.events import DataError
-from ecseq.settings import parse_duration
+from compression_builder.settings import BuilderSettings
+from ecseq.errors import DataError
+from ecseq.settings import StoreSettings, parse_duration
 from ecseq_cli.settings import Settings
 from tests.fuzz import fuzz
+from worker.settings import WorkerSettings
 
 
 def test_defaults_and_environment_overrides():
@@ -18,6 +22,17 @@ def test_defaults_and_environment_overrides():
                                   "ECSEQ_GATE_TOLERANCE": "0.02", "OTHER": "x"})
     assert (settings.store, settings.keep_versions, settings.gate_tolerance) == ("/srv/artifacts", 9, 0.02)
     assert Settings.variable("artifacts_topic") == "ECSEQ_ARTIFACTS_TOPIC"
+
+
+def test_each_process_reads_only_its_own_parts():
+    env = {"ECSEQ_APP_ID": "scorer", "ECSEQ_BUILD_EVERY": "1h", "ECSEQ_BROKER": "kafka:9092", "ECSEQ_STORE": "/s"}
+    worker, builder = WorkerSettings.from_env(env), BuilderSettings.from_env(env)
+    assert (worker.app_id, worker.broker, worker.store) == ("scorer", "kafka:9092", "/s")
+    assert (builder.build_every, builder.broker, builder.store) == ("1h", "kafka:9092", "/s")
+    assert not hasattr(worker, "build_every") and not hasattr(builder, "app_id")
+    assert not hasattr(StoreSettings(), "broker")  # the core's part knows no Kafka
+    with pytest.raises(DataError, match="ECSEQ_BATCH_SIZE=0: must be a number from 1 to 100000"):
+        WorkerSettings(batch_size=0)  # each part's rules apply in every composition
 
 
 def test_a_bad_value_names_the_variable():
@@ -38,7 +53,7 @@ def test_bad_durations_are_refused(text):
 
 
 def test_the_configuration_page_documents_every_variable_with_its_default():
-    readme = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
     for field in dataclasses.fields(Settings):
         name = Settings.variable(field.name)
         row = re.search(rf"^\| `{name}` \| (?:`([^`]*)`)? ?\|", readme, re.MULTILINE)  # empty default: empty cell
