@@ -70,10 +70,6 @@ class EnvSettings:
                 raise DataError(f"{name}={env[name]!r} is not a valid {kind.__name__}") from None
         return cls(**values)
 
-    @staticmethod
-    def variable(field_name: str) -> str:
-        return variable(field_name)
-
 
 def between(low: float, high: float) -> Rule:
     def check(value: float) -> str | None:

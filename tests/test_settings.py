@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from compression_builder.settings import BuilderSettings
 from ecseq.errors import DataError
-from ecseq.settings import StoreSettings, parse_duration
+from ecseq.settings import StoreSettings, parse_duration, variable
 from ecseq_cli.settings import Settings
 from tests.fuzz import fuzz
 from worker.settings import WorkerSettings
@@ -21,7 +21,7 @@ def test_defaults_and_environment_overrides():
     settings = Settings.from_env({"ECSEQ_STORE": "/srv/artifacts", "ECSEQ_KEEP_VERSIONS": "9",
                                   "ECSEQ_GATE_TOLERANCE": "0.02", "OTHER": "x"})
     assert (settings.store, settings.keep_versions, settings.gate_tolerance) == ("/srv/artifacts", 9, 0.02)
-    assert Settings.variable("artifacts_topic") == "ECSEQ_ARTIFACTS_TOPIC"
+    assert variable("artifacts_topic") == "ECSEQ_ARTIFACTS_TOPIC"
 
 
 def test_each_process_reads_only_its_own_parts():
@@ -55,7 +55,7 @@ def test_bad_durations_are_refused(text):
 def test_the_configuration_page_documents_every_variable_with_its_default():
     readme = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
     for field in dataclasses.fields(Settings):
-        name = Settings.variable(field.name)
+        name = variable(field.name)
         row = re.search(rf"^\| `{name}` \| (?:`([^`]*)`)? ?\|", readme, re.MULTILINE)  # empty default: empty cell
         assert row, f"{name} is missing from docs/configuration.md"
         documented = row.group(1) or ""
@@ -107,7 +107,7 @@ def test_commands_refuse_a_bad_setting_with_one_line_and_status_2():
 
 @pytest.mark.fuzz
 @fuzz(300)
-@given(st.dictionaries(st.sampled_from(sorted(Settings.variable(f.name) for f in dataclasses.fields(Settings))),
+@given(st.dictionaries(st.sampled_from(sorted(variable(f.name) for f in dataclasses.fields(Settings))),
                        st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
                        | st.sampled_from(["0", "-1", "nan", "inf", "1e9", "65536", "5ms", "0s", "memory://"]),
                        max_size=4))

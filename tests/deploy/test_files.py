@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from ecseq.settings import parse_duration
+from ecseq.settings import parse_duration, variable
 from ecseq_cli.settings import Settings
 from kafka_io.jars import kafka_version
 
@@ -31,7 +31,7 @@ from .conftest import (
     tool,
 )
 
-SETTINGS_VARIABLES = {Settings.variable(field.name) for field in dataclasses.fields(Settings)}
+SETTINGS_VARIABLES = {variable(field.name) for field in dataclasses.fields(Settings)}
 TOPIC_FIELDS = ("events_topic", "scores_topic", "labels_topic", "dead_letter_topic", "artifacts_topic")
 
 
@@ -142,7 +142,7 @@ def test_compose_creates_the_topics_the_services_use(compose):
     for service in [*_by_command(services, "worker").values(), *_by_command(services, "builder").values()]:
         env = service["environment"]
         for field in TOPIC_FIELDS:
-            assert env.get(Settings.variable(field), getattr(defaults, field)) in expected
+            assert env.get(variable(field), getattr(defaults, field)) in expected
     # the services wait for the topics
     for name in ("builder", *_by_command(services, "worker")):
         assert services[name]["depends_on"]["topics"]["condition"] == "service_completed_successfully"
