@@ -6,6 +6,7 @@ and count every skipped row under a reason, so the report and the metrics show w
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -79,20 +80,28 @@ def gather_frame(frame: pd.DataFrame, categorical: Sequence[str], numeric: Seque
 
 def read_kafka(kafka: KafkaClientConfig, events_topic: str, labels_topic: str, numeric: Sequence[str],
                categorical: Sequence[str], since: float | None = None) -> Gathered:
-    """Every event on `events_topic` joined with its latest label from `labels_topic`."""
-    event_rows, skipped_events = _decode_events(_read(kafka, events_topic), numeric, categorical)
+    """The events on `events_topic` joined with their latest labels from `labels_topic`.
+
+    With `since` (seconds), both topics are read from their first records stamped within the last
+    `since` seconds, so a rebuild reads the window, not the topics' whole length; the event-time
+    window then applies as for a file. A label whose event was stamped before that is counted as
+    an unknown event.
+    """
+    started = None if since is None else time.time() - since
+    event_rows, skipped_events = _decode_events(_read(kafka, events_topic, started), numeric, categorical)
     frame = pd.DataFrame(event_rows, columns=[EVENT_ID, USER, TS, *numeric, *categorical])
     frame, more = drop_bad_rows(frame, numeric)
     skipped_events.update(more)
-    labels, skipped_labels = _decode_labels(_read(kafka, labels_topic), frame)
+    labels, skipped_labels = _decode_labels(_read(kafka, labels_topic, started), frame)
     frame[LABEL] = frame[EVENT_ID].astype(str).map(labels).astype("float64")
     where = f"kafka {kafka.bootstrap} topics {events_topic} + {labels_topic}"
     return Gathered(_table(_within(frame, since), categorical, where), where,
                     {"events": skipped_events, "labels": skipped_labels})
 
 
-def _read(kafka: KafkaClientConfig, topic: str) -> list:
-    """A whole topic; an unreachable or failing broker is one line for the operator.
+def _read(kafka: KafkaClientConfig, topic: str, since: float | None) -> list:
+    """A topic from its records stamped at `since` (epoch seconds; None: all of it); an unreachable or
+    failing broker is one line for the operator.
 
     Kafka is imported here, not at the top: file builds never need it.
     """
@@ -102,7 +111,7 @@ def _read(kafka: KafkaClientConfig, topic: str) -> list:
     from kafka_io.topics import read_topic
 
     try:
-        return read_topic(kafka, topic)
+        return read_topic(kafka, topic, since=since)
     except BrokerError as exc:  # names the cause (refused credentials, untrusted CA, ...)
         raise DataError(f"cannot read topic {topic}: {exc}") from None
     except (KafkaError, OSError, TimeoutError) as exc:

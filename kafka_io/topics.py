@@ -72,10 +72,13 @@ class Record:
         return json.loads(self.value)
 
 
-def _run(make: Callable[[], Awaitable[T]], timeout: float, what: str) -> T:
-    """Run an async job to completion under a deadline, from sync or async callers."""
+def _run(make: Callable[[], Awaitable[T]], timeout: float | None, what: str) -> T:
+    """Run an async job to completion under a deadline (None: the job bounds its own waits), from
+    sync or async callers."""
 
     async def bounded() -> T:
+        if timeout is None:
+            return await make()
         try:
             return await asyncio.wait_for(make(), timeout)
         except TimeoutError:
@@ -297,11 +300,32 @@ def produce_json(
     _run(job, timeout, f"produce to {topic!r}")
 
 
-def read_topic(client: Client, topic: str, timeout: float = 30.0) -> list[Record]:
-    """Every record in ``topic`` up to its end offsets when the read began, by (partition, offset).
+async def _read_ranges(consumer: AIOKafkaConsumer, config: KafkaClientConfig, topic: str, since: float | None,
+                       timeout: float) -> dict[TopicPartition, tuple[int, int]]:
+    """Per partition of `topic`: (first offset to read, end offset now); none if the topic does not exist."""
+    # the consumer's own topics() does not fill in partitions_for_topic
+    partitions = (await partition_counts(config, timeout)).get(topic, 0)
+    if not partitions:
+        return {}
+    await consumer.start()
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    end = await consumer.end_offsets(tps)
+    if since is None:
+        first = await consumer.beginning_offsets(tps)
+    else:  # the earliest offset whose timestamp is >= since; none such: nothing to read there
+        found = await consumer.offsets_for_times({tp: max(int(since * 1000), 0) for tp in tps})
+        first = {tp: end[tp] if found[tp] is None else found[tp].offset for tp in tps}
+    return {tp: (first[tp], end[tp]) for tp in tps}
+
+
+def read_topic(client: Client, topic: str, timeout: float = 30.0, since: float | None = None) -> list[Record]:
+    """Every record in ``topic`` up to its end offsets when the read began, by (partition, offset);
+    with ``since`` (epoch seconds), only from each partition's first record stamped at or after it.
 
     No consumer group and no commits, so it never disturbs the app's groups. A topic
-    that does not exist holds no records: returns ``[]`` (and does not create it).
+    that does not exist holds no records: returns ``[]`` (and does not create it). ``timeout``
+    bounds the setup and each wait for the next records, not the whole read: a long window takes
+    as long as reading it does, and a stalled one fails after ``timeout``.
     """
 
     async def job() -> list[Record]:
@@ -310,29 +334,32 @@ def read_topic(client: Client, topic: str, timeout: float = 30.0) -> list[Record
                                     auto_offset_reset="earliest", fetch_max_wait_ms=100,
                                     request_timeout_ms=_request_timeout_ms(timeout))
         try:
-            # the consumer's own topics() does not fill in partitions_for_topic
-            partitions = (await partition_counts(config, timeout)).get(topic, 0)
-            if not partitions:
-                return []
-            await consumer.start()
-            tps = [TopicPartition(topic, p) for p in range(partitions)]
-            start = await consumer.beginning_offsets(tps)
-            end = await consumer.end_offsets(tps)
-            todo = [tp for tp in tps if end[tp] > start[tp]]
+            try:
+                ranges = await asyncio.wait_for(_read_ranges(consumer, config, topic, since, timeout), timeout)
+            except TimeoutError:
+                raise TimeoutError(f"read {topic!r}: its offsets did not come within {timeout:g}s") from None
+            todo = [tp for tp, (first, end) in ranges.items() if end > first]
             if not todo:
                 return []
             consumer.assign(todo)
-            await consumer.seek_to_beginning(*todo)
+            for tp in todo:
+                consumer.seek(tp, ranges[tp][0])
             out: list[Record] = []
             remaining = set(todo)
+            progressed = time.monotonic()
             while remaining:
                 batches = await consumer.getmany(*remaining, timeout_ms=200)
                 for tp, messages in batches.items():
                     out.extend(Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp,
-                                      tuple(m.headers or ())) for m in messages if m.offset < end[tp])
+                                      tuple(m.headers or ())) for m in messages if m.offset < ranges[tp][1])
+                if batches:
+                    progressed = time.monotonic()
+                elif time.monotonic() - progressed > timeout:
+                    raise TimeoutError(f"read {topic!r}: no records for {timeout:g}s with {len(remaining)} "
+                                       f"partition(s) short of their end")
                 # Position, not last offset + 1: compaction can leave gaps up to the end.
                 for tp in list(remaining):
-                    if await consumer.position(tp) >= end[tp]:
+                    if await consumer.position(tp) >= ranges[tp][1]:
                         remaining.discard(tp)
                         consumer.pause(tp)
             out.sort(key=lambda r: (r.partition, r.offset))
@@ -341,7 +368,7 @@ def read_topic(client: Client, topic: str, timeout: float = 30.0) -> list[Record
             await consumer.stop()
 
     started = time.monotonic()
-    records = _run(job, timeout, f"read {topic!r}")
+    records = _run(job, None, f"read {topic!r}")
     log.debug(
         "read %d records from %s in %.3fs",
         len(records),

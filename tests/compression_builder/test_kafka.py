@@ -195,3 +195,34 @@ def test_a_build_with_refused_credentials_is_one_line_naming_the_problem(broker,
     assert code == 2 and len(lines) == 1 and reason in lines[0], err
     assert "Traceback" not in err and "not-the-password" not in err and broker.material.password not in err
     assert ArtifactStore(store).current() == "v000001"  # nothing built
+
+
+def test_a_kafka_build_reads_only_the_records_stamped_within_since(broker, topic_names):
+    from collections import Counter
+
+    from compression_builder.sources import UNKNOWN_EVENT, read_kafka
+    from kafka_io.client import KafkaClientConfig
+
+    events, labels = topic_names("events"), topic_names("labels")
+    ensure_topics(broker.bootstrap, {events: 2, labels: 2})
+
+    def batch(first: int) -> None:
+        ids = range(first, first + 6)
+        produce_json(broker.bootstrap, events, [(f"u{i % 3}", {"event_id": f"e{i}", "user_id": f"u{i % 3}",
+                                                                "ts": 5000.0 + i / 100, "amount": float(i)})
+                                                for i in ids])
+        produce_json(broker.bootstrap, labels, [(f"u{i % 3}", {"event_id": f"e{i}", "user_id": f"u{i % 3}",
+                                                                "label": i % 2}) for i in ids])
+
+    batch(0)
+    time.sleep(1.5)  # the first batch is stamped well before the window
+    opened = time.time() - 0.5
+    batch(6)
+    produce_json(broker.bootstrap, labels, [("u0", {"event_id": "e0", "user_id": "u0", "label": 1})])  # old event
+
+    gathered = read_kafka(KafkaClientConfig.of(broker.bootstrap), events, labels, ["amount"], (),
+                          since=time.time() - opened)
+    frame = gathered.table.frame
+    assert dict(zip(frame["event_id"], frame["label"])) == {f"e{i}": i % 2 for i in range(6, 12)}
+    assert gathered.skipped["labels"] == Counter({UNKNOWN_EVENT: 1})
+    assert len(read_kafka(KafkaClientConfig.of(broker.bootstrap), events, labels, ["amount"], ()).table.frame) == 12
