@@ -32,7 +32,6 @@ import dataclasses
 import json
 import logging
 import tempfile
-from collections import deque
 from collections.abc import Awaitable
 from pathlib import Path
 
@@ -41,7 +40,8 @@ import faust
 from ecseq.settings import parse_duration
 from kafka_io.client import KafkaClientConfig
 from worker import internals
-from worker.app import MAX_UNCONFIRMED, PRODUCER_TUNING, freeze_long_lived
+from worker.app import PRODUCER_TUNING, freeze_long_lived
+from worker.confirmations import MAX_UNCONFIRMED, InFlight, acknowledge
 from worker.faust_settings import faust_settings
 from worker.micro_batches import micro_batches
 from worker.record_batches import PartitionBatches
@@ -80,17 +80,14 @@ def build_app(args: argparse.Namespace) -> faust.App:
         if args.table else None
     )
     # batches whose outputs may still be in flight while the next one is taken (--faust-io: none)
-    in_flight = 0 if args.faust_io else MAX_UNCONFIRMED
+    limit = 0 if args.faust_io else MAX_UNCONFIRMED
     stats = {"events": 0, "bad": 0, "batches": 0, "seen": 0}
 
     async def confirm(batch: list[faust.EventT], pending: list[Awaitable[object]]) -> None:
         """Acknowledge a batch once every output it sent is delivered, as the worker confirms its
         batches (without its metrics): the last reference of each event lets its offset commit."""
         await asyncio.gather(*pending)
-        for event in batch:
-            if event.ack():
-                message = event.message
-                app.sensors.on_message_out(message.tp, message.offset, message)
+        acknowledge(app, batch)
         stats["events"] += len(batch)
         stats["batches"] += 1
 
@@ -132,11 +129,9 @@ def build_app(args: argparse.Namespace) -> faust.App:
 
     @app.agent(source, concurrency=1)
     async def forward(stream: faust.StreamT) -> None:
-        unconfirmed: deque[asyncio.Task] = deque()
+        in_flight = InFlight(limit)
         async for batch in micro_batches(stream, settings.batch_size, parse_duration(settings.batch_within)):
-            unconfirmed.append(asyncio.ensure_future(confirm(batch, await send(batch))))
-            while unconfirmed and (unconfirmed[0].done() or len(unconfirmed) > in_flight):
-                await unconfirmed.popleft()  # a failed delivery raises here: the app stops
+            await in_flight.add(confirm(batch, await send(batch)))  # a failed delivery stops the app
 
     @app.timer(interval=5.0)
     async def report() -> None:

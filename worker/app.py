@@ -16,7 +16,6 @@ import gc
 import logging
 import os
 import time
-from collections import deque
 
 import faust
 import torch
@@ -29,6 +28,7 @@ from kafka_io.topics import ensure_topics
 from worker import internals, views
 from worker.artifact_follower import SWAPPED, ArtifactFollower, announced_version
 from worker.batch_step import InputRecord, score_batch
+from worker.confirmations import InFlight, acknowledge
 from worker.faust_settings import faust_settings
 from worker.health import PROBE_SECONDS, Health
 from worker.metrics import WorkerMetrics
@@ -47,7 +47,6 @@ log = logging.getLogger("ecseq.worker")
 # per partition per micro-batch needs room for it (the request limit, producer_max_request_size,
 # stays 1 MB).
 PRODUCER_TUNING = {"producer_max_batch_size": 256 * 1024}
-MAX_UNCONFIRMED = 2  # scored micro-batches whose outputs may be in flight while the next one is scored
 # Events kept beyond the scoring window, so a redelivered event (replayed after a crash, up to a
 # commit interval back) still finds its whole window and gets the score it got the first time.
 HISTORY_SLACK = 8
@@ -141,32 +140,19 @@ class Worker:
 
     async def _score_stream(self, stream) -> None:
         await self.served.wait()  # nothing is consumed before an artifact can score it
-        unconfirmed: deque[asyncio.Task] = deque()
-        # each event holds an extra reference until _confirm has seen all the batch's outputs delivered
-        # (a failed batch stays unacknowledged and is redelivered after the restart the crash causes)
+        in_flight = InFlight()  # the next batch is scored while this one's outputs are delivered
         async for events in micro_batches(stream, self.settings.batch_size, self._batch_within):
             pending, timestamps = await self._score_batch(events)
-            # the next batch is scored while this one's outputs are in flight (one produce request at
-            # a time per broker: waiting here left the loop idle for a broker round trip per batch)
-            confirming = asyncio.ensure_future(self._confirm(events, pending, timestamps))
-            confirming.add_done_callback(_report_failed_delivery)
-            unconfirmed.append(confirming)
-            while unconfirmed and (unconfirmed[0].done() or len(unconfirmed) > MAX_UNCONFIRMED):
-                await unconfirmed.popleft()  # a failed delivery raises here: the worker stops
+            await in_flight.add(self._confirm(events, pending, timestamps))
 
     async def _confirm(self, events: list[faust.EventT], pending: list[asyncio.Future],
                        timestamps: list[float]) -> None:
         """Acknowledge a batch once every output it sent (scores, dead letters, forwards) is delivered."""
-        started = time.perf_counter()
+        clock = StageClock(self.metrics.observe_stage)
         await asyncio.gather(*pending)
-        now = time.time()
-        self.metrics.observe_stage("deliver", time.perf_counter() - started)
-        self.metrics.observe_latencies(timestamps, now)
-        sensors = self.app.sensors
-        for event in events:
-            if event.ack():  # the last reference (take_events may still hold one): the offset may commit
-                message = event.message
-                sensors.on_message_out(message.tp, message.offset, message)
+        clock.lap("deliver")
+        self.metrics.observe_latencies(timestamps)
+        acknowledge(self.app, events)
         self.health.progressed()
 
     async def _score_batch(self, events: list[faust.EventT]) -> tuple[list[asyncio.Future], list[float]]:
@@ -246,12 +232,6 @@ class Worker:
             return False, "recovering state from the changelog"
         problem = self.health.problem()
         return problem is None, problem
-
-
-def _report_failed_delivery(task: asyncio.Task) -> None:
-    """Say at once that a batch's outputs failed (the agent raises it when it next awaits the task)."""
-    if not task.cancelled() and task.exception() is not None:
-        log.error("delivering a batch's outputs failed; it stays unacknowledged: %r", task.exception())
 
 
 def freeze_long_lived() -> None:
