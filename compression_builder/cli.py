@@ -15,24 +15,30 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from compression_builder.collector import Collector
+from compression_builder.follower import Follower
 from compression_builder.gate import GATE_METRICS, GateConfig
 from compression_builder.metrics import BuilderMetrics
 from compression_builder.pipeline import (
     BuildConfig,
     BuildOutcome,
     EncoderConfig,
+    load_serving,
     train_fresh_encoder,
 )
 from compression_builder.report import REFUSED_DIR, REPORT
 from compression_builder.service import (
     AnnounceError,
     BuildJob,
+    follow,
     kafka_announcer,
+    open_window_store,
     run_every,
 )
 from compression_builder.settings import BuilderSettings
-from compression_builder.sources import gather_frame, read_event_file, read_kafka
-from ecseq.artifacts import ArtifactError, ArtifactStore, LoadedArtifact
+from compression_builder.sources import Gathered, gather_frame, read_event_file, read_kafka, read_window_store
+from compression_builder.window_store import Caps, WindowStoreError
+from ecseq.artifacts import ArtifactError, ArtifactStore, LoadedArtifact, ModelBundle
 from ecseq.artifacts.safe_json import parse_json
 from ecseq.cli import (
     add_encoder_args,
@@ -44,7 +50,7 @@ from ecseq.cli import (
 )
 from ecseq.data.builtin import DATASETS, load_dataset
 from ecseq.data.events import DataError
-from ecseq.features import FeatureSpec
+from ecseq.decoding import EventSchema
 from ecseq.settings import parse_duration, variable
 
 if TYPE_CHECKING:
@@ -78,6 +84,9 @@ def add_commands(sub, settings: BuilderSettings) -> None:
     service.add_argument("--metrics-port", type=int, default=settings.builder_metrics_port,
                          help="port of the /metrics endpoint (0: none)")
     service.add_argument("--metrics-host", default=settings.metrics_host, help="address /metrics binds")
+    service.add_argument("--data-dir", default=settings.builder_data_dir,
+                         help=f"where the window store lives (default ${variable('builder_data_dir')} or "
+                              f"{settings.builder_data_dir})")
     _add_build_args(service, settings, since=settings.build_since)
     _add_topic_args(service, settings)
     service.set_defaults(run=cmd_builder, settings=settings)
@@ -155,15 +164,17 @@ def _since(args: argparse.Namespace) -> float | None:
     return parse_duration(args.since) if args.since else None
 
 
-def _columns(spec: FeatureSpec | None, categorical: tuple[str, ...]) -> tuple[list[str] | None, tuple[str, ...]]:
-    """Numeric and categorical columns: the serving spec's, or (new encoder) inferred / as given."""
-    if spec is None:
+def _columns(bundle: ModelBundle | None, categorical: tuple[str, ...]) -> tuple[list[str] | None, tuple[str, ...]]:
+    """Numeric and categorical columns: the serving model's, or (new encoder) inferred / as given."""
+    if bundle is None:
         return None, categorical
-    return [f.name for f in spec.numeric], tuple(f.name for f in spec.categorical)
+    schema = EventSchema.from_spec(bundle.feature_spec)
+    return list(schema.numeric), schema.categorical
 
 
-def _gather_file(args: argparse.Namespace, spec: FeatureSpec | None):
-    numeric, categorical = _columns(spec, args.categorical)
+def _gather_file(args: argparse.Namespace, bundle: ModelBundle | None):
+    spec = None if bundle is None else bundle.feature_spec
+    numeric, categorical = _columns(bundle, args.categorical)
     if args.events is not None:
         return read_event_file(args.events, categorical, numeric, _since(args))
     dataset = load_dataset(args.dataset, seed=0)
@@ -182,10 +193,15 @@ def _replication(args: argparse.Namespace) -> tuple[int, int]:
     return args.settings.replication_factor, args.settings.min_insync_replicas
 
 
-def _gather_kafka(args: argparse.Namespace, spec: FeatureSpec):
-    numeric, categorical = _columns(spec, ())  # Kafka builds always have the serving spec
-    return read_kafka(_kafka(args, args.kafka), args.events_topic, args.labels_topic, numeric, categorical,
-                      _since(args))
+def _caps(settings: BuilderSettings) -> Caps:
+    return Caps(negatives=settings.window_negatives, positives=settings.window_positives)
+
+
+def _gather_kafka(args: argparse.Namespace, bundle: ModelBundle):
+    """A one-off build from Kafka: the topics from `now - since`, through a window store of its own."""
+    return read_kafka(_kafka(args, args.kafka), args.events_topic, args.labels_topic,
+                      EventSchema.from_spec(bundle.feature_spec), bundle.window, _since(args),
+                      parse_duration(args.settings.label_horizon), _caps(args.settings))
 
 
 def _job(args: argparse.Namespace, gather, metrics: BuilderMetrics | None = None) -> BuildJob:
@@ -223,9 +239,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_builder(args: argparse.Namespace) -> int:
+    """Follow the topics into the window store (a thread) and rebuild from it every `--every`."""
     metrics = BuilderMetrics()
-    job = _job(args, _gather_kafka, metrics)
-    every = parse_duration(args.every)
+    every, since = parse_duration(args.every), _since(args)
     if args.metrics_port:
         try:
             port = metrics.serve(args.metrics_port, args.metrics_host)
@@ -235,9 +251,55 @@ def cmd_builder(args: argparse.Namespace) -> int:
         print(f"builder metrics on http://{args.metrics_host}:{port}/metrics", file=sys.stderr, flush=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())  # finish the build in progress, then exit
-    run_every(job, every, stop)
+        signal.signal(sig, lambda *_: stop.set())  # finish the build in progress, flush the follower, then exit
+    serving = _first_artifact(_store(args), stop)
+    if serving is None:
+        return 0
+    settings: BuilderSettings = args.settings
+    schema, window = EventSchema.from_spec(serving.bundle.feature_spec), serving.bundle.window
+    try:
+        windows = open_window_store(Path(args.data_dir) / "window-store", schema, window, _caps(settings))
+    except WindowStoreError as exc:
+        raise DataError(str(exc)) from None
+    kafka, caught_up = _kafka(args, args.kafka), threading.Event()
+
+    def follower() -> Follower:
+        collector = Collector(windows, schema, window, int(parse_duration(settings.label_horizon) * 1000), since,
+                              settings.max_event_bytes)
+        return Follower(kafka, args.events_topic, args.labels_topic, collector, settings.builder_group, since,
+                        parse_duration(settings.follow_flush_every), metrics, caught_up)
+
+    def gather(_: argparse.Namespace, bundle: ModelBundle) -> Gathered:
+        while not caught_up.wait(1.0):  # the first build waits for the store to hold the topics' window
+            if stop.is_set():
+                raise DataError("stopping before the window store caught up")
+        return read_window_store(windows, EventSchema.from_spec(bundle.feature_spec), bundle.window, since,
+                                 f"window store {windows.root}")
+
+    following = threading.Thread(target=follow, args=(follower, stop), name="follower")
+    following.start()
+    try:
+        run_every(_job(args, gather, metrics), every, stop)
+    finally:
+        stop.set()
+        following.join()
+        windows.close()
     return 0
+
+
+def _first_artifact(store: ArtifactStore, stop: threading.Event) -> LoadedArtifact | None:
+    """The serving artifact, waited for (the follower needs its columns and window); None if stopped."""
+    said = False
+    while not stop.is_set():
+        serving, problem = load_serving(store)
+        if serving is not None:
+            return serving
+        if not said:
+            print(f"builder: waiting for a loadable artifact in {store.root} ({problem}); run `ecseq train-encoder`",
+                  file=sys.stderr, flush=True)
+            said = True
+        stop.wait(5.0)
+    return None
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -8,11 +8,16 @@ next poll of CURRENT; an announcement that fails is counted, not fatal (CURRENT 
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from aiokafka.errors import KafkaError
 
 from compression_builder.metrics import BuilderMetrics
 from compression_builder.pipeline import (
@@ -23,12 +28,15 @@ from compression_builder.pipeline import (
     rebuild,
 )
 from compression_builder.sources import Gathered
-from ecseq.artifacts import ArtifactError, ArtifactStore, StoreBusy
+from compression_builder.window_store import Caps, WindowStore, WindowStoreError
+from ecseq.artifacts import ArtifactError, ArtifactStore, ModelBundle, StoreBusy
 from ecseq.data.events import DataError
-from ecseq.features import FeatureSpec
+from ecseq.decoding import EventSchema
 from ecseq.stages import StageClock
+from kafka_io.errors import BrokerError
 
 if TYPE_CHECKING:
+    from compression_builder.follower import Follower
     from kafka_io.client import KafkaClientConfig
 
 log = logging.getLogger("ecseq.builder")
@@ -71,7 +79,7 @@ def kafka_announcer(kafka: KafkaClientConfig, topic: str, replication: tuple[int
 @dataclass
 class BuildJob:
     store: ArtifactStore
-    gather: Callable[[FeatureSpec | None], Gathered]  # the serving feature spec says which columns to read
+    gather: Callable[[ModelBundle | None], Gathered]  # the serving model says which columns and window to read
     config: BuildConfig
     metrics: BuilderMetrics | None = None
     announce: Announcer | None = None
@@ -88,7 +96,7 @@ class BuildJob:
                 raise DataError(f"artifact store {self.store.root} has no loadable artifact ({problem}); "
                                 "run `ecseq train-encoder` first")
             with clock("gather"):
-                gathered = self.gather(serving.bundle.feature_spec if fresh is None else None)
+                gathered = self.gather(serving.bundle if fresh is None else None)
             encoder = fresh(gathered, clock) if fresh is not None else None
             outcome = rebuild(self.store, gathered, self.config, serving, problem, clock, encoder, self.force)
         if self.metrics is not None:
@@ -104,6 +112,35 @@ class BuildJob:
             log.error("%s", exc)
             if self.metrics is not None:
                 self.metrics.announce_failures.inc()
+
+
+def open_window_store(root: Path, schema: EventSchema, window: int, caps: Caps) -> WindowStore:
+    """The service's window store; one made for other columns or another window length cannot feed
+    this encoder, so it starts again (the follower then fills it from the topics)."""
+    made_for = json.dumps({"numeric": schema.numeric, "categorical": schema.categorical, "window": window})
+    store = WindowStore(root, caps)
+    held = store.meta("made_for")
+    if held is not None and held != made_for:
+        log.warning("window store %s was made for %s, the serving artifact needs %s: starting it again",
+                    root, held, made_for)
+        store.close()
+        shutil.rmtree(root)
+        store = WindowStore(root, caps)
+    store.set_meta("made_for", made_for)
+    return store
+
+
+def follow(make: Callable[[], Follower], stop: threading.Event, retry: float = 10.0) -> None:
+    """Run followers until `stop`; one that fails (the broker gone, the disk full) is logged and a new
+    one resumes from the store's offsets after `retry` seconds."""
+    while not stop.is_set():
+        try:
+            make().run(stop)
+        except (BrokerError, KafkaError, OSError, TimeoutError, WindowStoreError) as exc:
+            log.error("follower stopped: %s; resuming in %.0f s", exc, retry)
+        except Exception:
+            log.exception("follower failed unexpectedly; resuming in %.0f s", retry)
+        stop.wait(retry)
 
 
 def run_every(job: BuildJob, every: float, stop: threading.Event) -> None:

@@ -1,12 +1,13 @@
-"""Where a rebuild's labelled sequences come from: an event file, or Kafka's events + late labels.
+"""Where a rebuild's labelled sequences come from: an event file, or the window store that follows
+Kafka's events and late labels (kept by the builder service, or filled for one build).
 
-Both sources skip bad rows instead of failing (a rebuild must survive what production sends)
-and count every skipped row under a reason, so the report and the metrics show what was lost.
+Both skip bad rows instead of failing (a rebuild must survive what production sends) and count
+every skipped row under a reason, so the report and the metrics show what was lost.
 """
 
 from __future__ import annotations
 
-import time
+import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,7 +16,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ecseq.data.cleaning import BAD_LABEL, MISSING_FIELD, drop_bad_rows
+from compression_builder.collector import EVENTS, LABELS, Collector
+from compression_builder.window_store import Caps, Sample, WindowStore
+from ecseq.data.cleaning import drop_bad_rows
 from ecseq.data.events import (
     EVENT_ID,
     LABEL,
@@ -28,24 +31,12 @@ from ecseq.data.events import (
     parse_timestamps,
     read_frame,
 )
-from ecseq.decoding import (
-    BAD_JSON,
-    EMPTY,
-    NOT_OBJECT,
-    TOMBSTONE,
-    EventSchema,
-    decode_event,
-    json_object,
-)
+from ecseq.decoding import EventSchema
+from ecseq.history import UserHistory
 
 if TYPE_CHECKING:
     from kafka_io.client import KafkaClientConfig
 
-UNKNOWN_EVENT = "unknown_event"  # a label for an event id the events topic does not hold
-UNKNOWN_USER = "unknown_user"  # a label whose user_id is not the user of its event
-_LABEL_VALUES = {0: 0.0, 1: 1.0, "0": 0.0, "1": 1.0}
-# The builder has always counted these as bad_json; other decode_event reasons are reported as they are.
-_AS_BAD_JSON = {TOMBSTONE: BAD_JSON, EMPTY: BAD_JSON, NOT_OBJECT: BAD_JSON}
 
 
 @dataclass
@@ -78,44 +69,81 @@ def gather_frame(frame: pd.DataFrame, categorical: Sequence[str], numeric: Seque
     return Gathered(_table(_within(frame, since), categorical, where), where, {"events": skipped})
 
 
-def read_kafka(kafka: KafkaClientConfig, events_topic: str, labels_topic: str, numeric: Sequence[str],
-               categorical: Sequence[str], since: float | None = None) -> Gathered:
-    """The events on `events_topic` joined with their latest labels from `labels_topic`.
-
-    With `since` (seconds), both topics are read from their first records stamped within the last
-    `since` seconds, so a rebuild reads the window, not the topics' whole length; the event-time
-    window then applies as for a file. A label whose event was stamped before that is counted as
-    an unknown event.
-    """
-    started = None if since is None else time.time() - since
-    event_rows, skipped_events = _decode_events(_read(kafka, events_topic, started), numeric, categorical)
-    frame = pd.DataFrame(event_rows, columns=[EVENT_ID, USER, TS, *numeric, *categorical])
-    frame, more = drop_bad_rows(frame, numeric)
-    skipped_events.update(more)
-    labels, skipped_labels = _decode_labels(_read(kafka, labels_topic, started), frame)
-    frame[LABEL] = frame[EVENT_ID].astype(str).map(labels).astype("float64")
-    where = f"kafka {kafka.bootstrap} topics {events_topic} + {labels_topic}"
-    return Gathered(_table(_within(frame, since), categorical, where), where,
-                    {"events": skipped_events, "labels": skipped_labels})
-
-
-def _read(kafka: KafkaClientConfig, topic: str, since: float | None) -> list:
-    """A topic from its records stamped at `since` (epoch seconds; None: all of it); an unreachable or
-    failing broker is one line for the operator.
-
-    Kafka is imported here, not at the top: file builds never need it.
-    """
-    from aiokafka.errors import KafkaError
-
+def read_kafka(kafka: KafkaClientConfig, events_topic: str, labels_topic: str, schema: EventSchema, window: int,
+               since: float | None, horizon: float, caps: Caps) -> Gathered:
+    """A one-off build's samples: both topics read as the builder service follows them, into a window
+    store of its own (a temporary directory), from their records stamped within the last `since`
+    seconds (None: all of them)."""
+    from compression_builder.follower import Follower
     from kafka_io.errors import BrokerError
-    from kafka_io.topics import read_topic
 
-    try:
-        return read_topic(kafka, topic, since=since)
-    except BrokerError as exc:  # names the cause (refused credentials, untrusted CA, ...)
-        raise DataError(f"cannot read topic {topic}: {exc}") from None
-    except (KafkaError, OSError, TimeoutError) as exc:
-        raise DataError(f"cannot read topic {topic} from Kafka at {kafka.bootstrap}: {exc}") from None
+    where = f"kafka {kafka.bootstrap} topics {events_topic} + {labels_topic}"
+    with tempfile.TemporaryDirectory(prefix="ecseq-window-") as tmp:
+        store = WindowStore(tmp, caps)
+        try:
+            collector = Collector(store, schema, window, int(horizon * 1000), since)
+            try:
+                Follower(kafka, events_topic, labels_topic, collector, group=None, since=since).catch_up()
+            except BrokerError as exc:  # names the cause (refused credentials, untrusted CA, ...)
+                raise DataError(f"cannot read {events_topic} + {labels_topic}: {exc}") from None
+            except (OSError, TimeoutError) as exc:
+                raise DataError(f"cannot read {events_topic} + {labels_topic} from Kafka at {kafka.bootstrap}: "
+                                f"{exc}") from None
+            gathered = read_window_store(store, schema, window, since, where)
+            for (kind, reason), records in store.counts().items():  # a service's follower counts these itself
+                gathered.skipped.setdefault(kind, Counter())[reason] += records
+            return gathered
+        finally:
+            store.close()
+
+
+def read_window_store(store: WindowStore, schema: EventSchema, window: int, since: float | None,
+                      where: str) -> Gathered:
+    """The store's samples within `since` of its newest event, as the table a rebuild reads."""
+    newest = store.newest_ts()
+    samples = store.samples(None if since is None or newest is None else newest - since)
+    return Gathered(samples_table(samples, schema, window, where), where, {EVENTS: Counter(), LABELS: Counter()})
+
+
+def samples_table(samples: Sequence[Sample], schema: EventSchema, window: int, where: str) -> EventTable:
+    """Samples as an event table whose windows are theirs: a user's samples share one run of rows
+    while each window is the run's last rows, as with in-order events, else a sample starts a run
+    of its own (an event that arrived out of time order saw other events before it).
+
+    Users in user id order, each one's samples by time, as an event file's table: a rebuild from
+    the same events and labels then reads the same rows in the same order.
+    """
+    if not samples:
+        raise DataError(f"{where}: no labelled samples in the window")
+    columns: dict[str, list] = {USER: [], TS: [], LABEL: [], EVENT_ID: [],
+                                **{name: [] for name in schema.numeric + schema.categorical}}
+    user_start: list[int] = []
+    run: list[str] = []
+    run_user, run_start = None, 0
+    for sample in sorted(samples, key=lambda s: (s.user_id, s.ts, s.published_ms, s.event_id)):
+        history = UserHistory.from_bytes(sample.window, schema)
+        ids = history.event_ids
+        context = len(ids) - 1
+        extends = (run_user == sample.user_id and run[len(run) - context:] == list(ids[:-1])
+                   and (len(ids) >= window or len(run) == context))
+        if not extends:
+            run, run_user, run_start = [], sample.user_id, len(user_start)
+        for position in range(len(ids) - 1 if extends else 0, len(ids)):
+            event = history.event(position)
+            last = position == len(ids) - 1
+            columns[USER].append(event.user_id)
+            columns[TS].append(event.ts)
+            columns[LABEL].append(float(sample.label) if last else np.nan)
+            columns[EVENT_ID].append(event.event_id)
+            for name, value in zip(schema.numeric, event.numeric, strict=True):
+                columns[name].append(value)
+            for name, text in zip(schema.categorical, event.categorical, strict=True):
+                columns[name].append(np.nan if text is None else text)
+            user_start.append(run_start)
+            run.append(event.event_id)
+    frame = pd.DataFrame({name: pd.Series(values, dtype=object if name in (USER, EVENT_ID, *schema.categorical)
+                                          else "float64") for name, values in columns.items()})
+    return EventTable(frame, schema.numeric, schema.categorical, np.asarray(user_start, dtype=np.int64))
 
 
 def _require_columns(present, needed: Sequence[str], where: str, kind: str) -> None:
@@ -138,41 +166,3 @@ def _table(frame: pd.DataFrame, categorical: Sequence[str], where: str) -> Event
     if LABEL not in frame.columns or not frame[LABEL].notna().any():
         raise DataError(f"{where}: no labelled events in the window")
     return events_from_frame(frame, categorical, source="events")
-
-
-def _decode_events(records, numeric: Sequence[str], categorical: Sequence[str]) -> tuple[list[tuple], Counter]:
-    """Rows (event_id, user_id, ts, *numeric, *categorical) of the events the worker would accept too."""
-    schema = EventSchema(tuple(numeric), tuple(categorical))
-    rows, skipped = [], Counter()
-    for record in records:
-        event = decode_event(record.value, schema)
-        if isinstance(event, str):
-            skipped[_AS_BAD_JSON.get(event, event)] += 1
-            continue
-        rows.append((event.event_id, event.user_id, event.ts, *event.numeric, *event.categorical))
-    return rows, skipped
-
-
-def _is_label(value) -> bool:
-    return isinstance(value, (int, float, str)) and not isinstance(value, bool) and value in _LABEL_VALUES
-
-
-def _decode_labels(records, events: pd.DataFrame) -> tuple[dict[str, float], Counter]:
-    """event_id -> label (the latest record wins: labels may be corrected later)."""
-    user_of = dict(zip(events[EVENT_ID].astype(str), events[USER].astype(str)))
-    labels, skipped = {}, Counter()
-    for record in records:
-        value = json_object(record.value, max_bytes=None)
-        if isinstance(value, str):
-            skipped[BAD_JSON] += 1
-        elif any(value.get(name) is None for name in (EVENT_ID, USER, LABEL)):
-            skipped[MISSING_FIELD] += 1
-        elif not _is_label(value[LABEL]):
-            skipped[BAD_LABEL] += 1
-        elif str(value[EVENT_ID]) not in user_of:
-            skipped[UNKNOWN_EVENT] += 1
-        elif user_of[str(value[EVENT_ID])] != str(value[USER]):
-            skipped[UNKNOWN_USER] += 1
-        else:
-            labels[str(value[EVENT_ID])] = _LABEL_VALUES[value[LABEL]]
-    return labels, skipped

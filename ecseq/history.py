@@ -254,6 +254,13 @@ class UserHistory:
         return UserHistory(self.schema, self.user_id, self._ids[count:], self._ts[count:], self._num[count:],
                            self._codes[count:], list(self._values))
 
+    def select(self, positions: Sequence[int]) -> UserHistory:
+        """A copy holding only the events at `positions` (ascending): how a window looked before
+        events that arrived later, out of time order, were inserted into it."""
+        rows = np.asarray(positions, dtype=np.int64)
+        return UserHistory(self.schema, self.user_id, [self._ids[i] for i in rows.tolist()], self._ts[rows],
+                           self._num[rows], self._codes[rows], list(self._values))
+
     def with_schema(self, schema: EventSchema) -> UserHistory:
         """The same events under another schema: columns matched by name; a column the history
         lacks (or holds as the other kind) is missing on every event. Shares nothing mutable."""

@@ -35,10 +35,12 @@ class KafkaSettings(EnvSettings):
     labels_topic: str = "ecseq.labels"
     dead_letter_topic: str = "ecseq.dead-letter"
     artifacts_topic: str = "ecseq.artifacts"  # control topic: published / rolled-back versions
+    max_event_bytes: int = 65536  # larger events are refused (worker: dead letters; builder: counted)
 
     RULES: ClassVar[dict[str, Rule]] = {
         "broker": text, "kafka_cache": text,
         "replication_factor": between(0, 32), "min_insync_replicas": between(0, 32),
         "events_topic": kafka_name, "scores_topic": kafka_name, "labels_topic": kafka_name,
         "dead_letter_topic": kafka_name, "artifacts_topic": kafka_name,
+        "max_event_bytes": between(64, 16 * 1024 * 1024),
     }

@@ -310,12 +310,18 @@ async def _read_ranges(consumer: AIOKafkaConsumer, config: KafkaClientConfig, to
     await consumer.start()
     tps = [TopicPartition(topic, p) for p in range(partitions)]
     end = await consumer.end_offsets(tps)
-    if since is None:
-        first = await consumer.beginning_offsets(tps)
-    else:  # the earliest offset whose timestamp is >= since; none such: nothing to read there
-        found = await consumer.offsets_for_times({tp: max(int(since * 1000), 0) for tp in tps})
-        first = {tp: end[tp] if found[tp] is None else found[tp].offset for tp in tps}
+    first = await first_offsets(consumer, tps, since, end)
     return {tp: (first[tp], end[tp]) for tp in tps}
+
+
+async def first_offsets(consumer: AIOKafkaConsumer, tps: list[TopicPartition], since: float | None,
+                        end: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+    """Per partition, the first offset stamped at or after `since` (epoch seconds; None: the first
+    offset there is); a partition with no such record starts at its `end`."""
+    if since is None:
+        return await consumer.beginning_offsets(tps)
+    found = await consumer.offsets_for_times({tp: max(int(since * 1000), 0) for tp in tps})
+    return {tp: end[tp] if found[tp] is None else found[tp].offset for tp in tps}
 
 
 def read_topic(client: Client, topic: str, timeout: float = 30.0, since: float | None = None) -> list[Record]:

@@ -25,7 +25,6 @@ class WorkerSettings(StoreSettings, KafkaSettings):
     web_port: int = 6066
     swap_check_every: str = "5s"  # how often the worker looks at the store's CURRENT
     session_timeout: str = "6s"  # a dead replica loses its partitions after this (groups form in ~half)
-    max_event_bytes: int = 65536  # larger events go to the dead-letter topic
 
     RULES: ClassVar[dict[str, Rule]] = {
         "app_id": kafka_name, "data_dir": text, "web_host": text, "web_port": PORT,
@@ -34,5 +33,4 @@ class WorkerSettings(StoreSettings, KafkaSettings):
         "state_store": one_of(STATE_STORES), "state_cache_bytes": between(1 << 20, 1 << 40),
         # under the 1 MB a Kafka producer request holds by default, with room for the record's overhead
         "max_state_bytes": between(64 * 1024, 900_000),
-        "max_event_bytes": between(64, 16 * 1024 * 1024),
     }

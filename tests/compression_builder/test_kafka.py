@@ -52,7 +52,7 @@ def _publish_stream(bootstrap: str, frame, events: str, labels: str) -> None:
         ("u1", {"event_id": good["event_id"], "user_id": good["user_id"]}),  # missing_field
         ("u1", {"event_id": good["event_id"], "user_id": good["user_id"], "label": 2}),  # bad_label
         ("u1", {"event_id": "nope", "user_id": "u1", "label": 1}),  # unknown_event
-        ("u1", {"event_id": good["event_id"], "user_id": "someone-else", "label": 1}),  # unknown_user
+        ("u1", {"event_id": good["event_id"], "user_id": "someone-else", "label": 1}),  # unknown_event: not theirs
     ]
     produce_json(bootstrap, labels, label_records)
 
@@ -71,10 +71,10 @@ def test_build_from_kafka_joins_late_labels_counts_bad_rows_and_announces(broker
     assert report["data"]["skipped"] == {
         "events": {"bad_json": 1, "missing_field": 1, "bad_type": 1, "non_finite": 1, "bad_timestamp": 1,
                    "duplicate_event": 1},
-        "labels": {"bad_json": 1, "missing_field": 1, "bad_label": 1, "unknown_event": 1, "unknown_user": 1},
+        "labels": {"bad_json": 1, "missing_field": 1, "bad_label": 1, "unknown_event": 2},
     }
-    assert report["data"]["events"] == len(events_frame)
     assert report["data"]["labelled"] == int(events_frame["label"].notna().sum())
+    assert report["data"]["users"] == events_frame["user_id"].nunique()
 
     announced = [r.json() for r in read_topic(broker.bootstrap, control)]
     manifest_sha = hashlib.sha256((loaded.path / "manifest.json").read_bytes()).hexdigest()
@@ -103,8 +103,8 @@ def test_builder_service_rebuilds_on_schedule_serves_metrics_and_stops_on_sigter
     with child(
         [sys.executable, "-m", "ecseq_cli", "builder", "--store", str(store), "--kafka", broker.bootstrap,
          "--events-topic", events, "--labels-topic", labels, "--artifacts-topic", control, "--every", "1s",
-         "--since", "365d", "--metrics-port", str(port), "--keep", "2", "--force", *FAST],
-        stdout=log.open("w"), stderr=subprocess.STDOUT) as proc:
+         "--since", "365d", "--metrics-port", str(port), "--keep", "2", "--force", "--data-dir", str(tmp_path),
+         *FAST], stdout=log.open("w"), stderr=subprocess.STDOUT) as proc:
         deadline = time.monotonic() + 120
         text = ""
         while time.monotonic() < deadline:
@@ -119,7 +119,15 @@ def test_builder_service_rebuilds_on_schedule_serves_metrics_and_stops_on_sigter
         assert (_sample(text, "ecseq_builder_builds_total", result="published") or 0) >= 2, log.read_text()
         assert _sample(text, "ecseq_builder_last_success_timestamp_seconds") > time.time() - 120
         assert _sample(text, "ecseq_builder_stage_duration_seconds_count", stage="gnn") >= 2
-        assert _sample(text, "ecseq_builder_skipped_rows_total", source="labels", reason="unknown_user") >= 2
+        # the follower counts a refused record once, however many builds read the store
+        assert _sample(text, "ecseq_builder_follow_refused_total", kind="labels", reason="bad_label") == 1
+        assert _sample(text, "ecseq_builder_follow_refused_total", kind="events", reason="bad_timestamp") == 1
+        labelled = int(events_frame["label"].notna().sum())
+        assert sum(_sample(text, "ecseq_builder_window_samples", label=y) for y in ("0", "1")) == labelled
+        assert _sample(text, "ecseq_builder_follow_records_total", kind="labels") == labelled + 5
+        assert all(_sample(text, "ecseq_builder_follow_lag", topic=t, partition=p) == 0
+                   for t in (events, labels) for p in ("0", "1"))
+        assert _sample(text, "ecseq_builder_window_bytes") > 0
         assert _sample(text, "ecseq_builder_samples", part="holdout") > 0
         assert 0.5 < _sample(text, "ecseq_builder_evaluation", model="serving", metric="auc") <= 1.0
         assert terminate(proc) == 0
@@ -200,8 +208,15 @@ def test_a_build_with_refused_credentials_is_one_line_naming_the_problem(broker,
 def test_a_kafka_build_reads_only_the_records_stamped_within_since(broker, topic_names):
     from collections import Counter
 
-    from compression_builder.sources import UNKNOWN_EVENT, read_kafka
+    from compression_builder.collector import UNKNOWN_EVENT
+    from compression_builder.sources import read_kafka
+    from compression_builder.window_store import Caps
+    from ecseq.decoding import EventSchema
     from kafka_io.client import KafkaClientConfig
+
+    def read(since: float | None):
+        return read_kafka(KafkaClientConfig.of(broker.bootstrap), events, labels, EventSchema(("amount",), ()), 50,
+                          since, horizon=86400.0, caps=Caps(1000, 1000))
 
     events, labels = topic_names("events"), topic_names("labels")
     ensure_topics(broker.bootstrap, {events: 2, labels: 2})
@@ -220,9 +235,8 @@ def test_a_kafka_build_reads_only_the_records_stamped_within_since(broker, topic
     batch(6)
     produce_json(broker.bootstrap, labels, [("u0", {"event_id": "e0", "user_id": "u0", "label": 1})])  # old event
 
-    gathered = read_kafka(KafkaClientConfig.of(broker.bootstrap), events, labels, ["amount"], (),
-                          since=time.time() - opened)
+    gathered = read(time.time() - opened)
     frame = gathered.table.frame
     assert dict(zip(frame["event_id"], frame["label"])) == {f"e{i}": i % 2 for i in range(6, 12)}
     assert gathered.skipped["labels"] == Counter({UNKNOWN_EVENT: 1})
-    assert len(read_kafka(KafkaClientConfig.of(broker.bootstrap), events, labels, ["amount"], ()).table.frame) == 12
+    assert len(read(None).table.frame) == 12

@@ -1,0 +1,241 @@
+"""From the events and labels topics' records to the window store's samples; knows nothing of Kafka.
+
+Per user it keeps the recent events in the worker's history format, with the order they arrived in,
+so a label, however late, gets the window its event had when the worker scored it: the last L
+events up to the event, among those that had arrived by then (a later event stamped earlier was
+not in it). Events leave once no label can come for them any more (their Kafka timestamp is more
+than the label horizon before the newest label's), keeping the L - 1 before the oldest that can.
+
+A label's time is its record's Kafka timestamp, an event's the same: a label counts if it came
+within the horizon of its event. A label that comes before its event waits for it (the two topics
+are read side by side, so either may run ahead); one whose event never comes within the horizon is
+counted as an unknown event, as is one naming another user than its event's. The latest label of
+an event wins. Bad records are counted by
+reason, never raised: the follower must survive what production sends.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from array import array
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from compression_builder.window_store import Flush, Sample, WindowStore
+from ecseq.decoding import BAD_JSON, MAX_EVENT_BYTES, MISSING_FIELD, Event, EventSchema, decode_event, json_object
+from ecseq.fields import EVENT_ID, LABEL, USER
+from ecseq.history import MAX_LIMIT, NOT_KEPT, UserHistory
+
+EVENTS, LABELS = "events", "labels"  # the two kinds of input, as counts and reports name them
+BAD_LABEL = "bad_label"  # a label that is not 0 or 1
+UNKNOWN_EVENT = "unknown_event"  # no event with this id came for this user within the horizon
+AFTER_HORIZON = "after_horizon"  # a label that came more than the horizon after its event
+DUPLICATE = "duplicate_event"  # an event id already held with the same content (a producer's retry)
+ID_REUSED = "id_reused"  # an event id already held with other content
+TOO_LATE = "too_late"  # older than every event of a full history
+_LABEL_VALUES = {0: 0, 1: 1, "0": 0, "1": 1}
+
+
+def decode_label(raw: bytes | None) -> tuple[str, str, int] | str:
+    """(event_id, user_id, label) of a label record, or the reason it is refused."""
+    value = json_object(raw, max_bytes=None)
+    if isinstance(value, str):
+        return BAD_JSON
+    if any(value.get(name) is None for name in (EVENT_ID, USER, LABEL)):
+        return MISSING_FIELD
+    label = value[LABEL]
+    if isinstance(label, bool) or not isinstance(label, (int, float, str)) or label not in _LABEL_VALUES:
+        return BAD_LABEL
+    return str(value[EVENT_ID]), str(value[USER]), _LABEL_VALUES[label]
+
+
+@dataclass(frozen=True)
+class Flushed:
+    """What one flush wrote: the offsets to resume from, records refused by (kind, reason), samples
+    dropped by (cause, label)."""
+
+    offsets: dict[tuple[str, int], int]
+    counts: Counter
+    dropped: Counter
+
+
+class UserEvents:
+    """One user's recent events (a UserHistory, in time order) with each one's arrival number and
+    Kafka timestamp. Bytes: I history length | history | n x q arrivals | n x q timestamps."""
+
+    __slots__ = ("arrivals", "history", "published")
+
+    def __init__(self, history: UserHistory, arrivals: list[int], published: list[int]) -> None:
+        self.history, self.arrivals, self.published = history, arrivals, published
+
+    @classmethod
+    def empty(cls, schema: EventSchema) -> UserEvents:
+        return cls(UserHistory.empty(schema), [], [])
+
+    @classmethod
+    def from_bytes(cls, data: bytes, schema: EventSchema) -> UserEvents:
+        (size,) = struct.unpack_from("<I", data)
+        history = UserHistory.from_bytes(data[4:4 + size], schema)
+        rest = array("q", data[4 + size:])
+        if sys.byteorder != "little":
+            rest.byteswap()
+        if len(rest) != 2 * len(history):
+            raise ValueError("corrupt user events: arrivals do not match the history")
+        return cls(history, rest[:len(history)].tolist(), rest[len(history):].tolist())
+
+    def to_bytes(self) -> bytes:
+        history = self.history.to_bytes()
+        rest = array("q", self.arrivals + self.published)
+        if sys.byteorder != "little":
+            rest.byteswap()
+        return struct.pack("<I", len(history)) + history + rest.tobytes()
+
+    def add(self, event: Event, arrival: int, published_ms: int) -> str | None:
+        """Keep `event`; None, or why it was not kept (DUPLICATE, ID_REUSED, TOO_LATE)."""
+        if event.event_id in self.history:
+            return DUPLICATE if self.history.holds(event) else ID_REUSED
+        before = len(self.history)
+        position = self.history.append(event, MAX_LIMIT)
+        if position == NOT_KEPT:
+            return TOO_LATE
+        dropped = before + 1 - len(self.history)
+        at = position + dropped  # where it went before the oldest were dropped
+        self.arrivals.insert(at, arrival)
+        self.published.insert(at, published_ms)
+        if dropped:
+            del self.arrivals[:dropped], self.published[:dropped]
+        return None
+
+    def published_of(self, event_id: str) -> int | None:
+        """The event's Kafka timestamp, or None if this user holds no such event."""
+        if event_id not in self.history:
+            return None
+        return self.published[self.history.event_ids.index(event_id)]
+
+    def window(self, event_id: str, length: int) -> tuple[bytes, float]:
+        """The held event's window as history bytes (the last `length` events up to it among those
+        that had arrived by then), and its time."""
+        position = self.history.event_ids.index(event_id)
+        arrival = self.arrivals[position]
+        arrived = [i for i in range(position + 1) if self.arrivals[i] <= arrival][-length:]
+        return self.history.select(arrived).to_bytes(), self.history.event(position).ts
+
+    def prune(self, labelled_from_ms: int, length: int) -> int:
+        """Forget events no label can come for, but the L - 1 before the oldest one that can (and the
+        last L - 1, the context of the next events); returns the events a label can still come for."""
+        can = [i for i, published in enumerate(self.published) if published >= labelled_from_ms]
+        first = can[0] if can else len(self.published)
+        drop = max(0, first - (length - 1))
+        if drop:
+            self.history = self.history.without_oldest(drop)
+            del self.arrivals[:drop], self.published[:drop]
+        return len(can)
+
+
+class Collector:
+    """Applies records in the order the follower reads them and stages a `Flush` for the store."""
+
+    def __init__(self, store: WindowStore, schema: EventSchema, window: int, horizon_ms: int,
+                 since: float | None, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self.store, self.schema, self.window = store, schema, window
+        self.horizon_ms, self.since, self.max_event_bytes = horizon_ms, since, max_event_bytes
+        self.arrival = int(store.meta("arrivals") or 0)
+        self.newest_ts = store.newest_ts()
+        self.labels_ms = int(store.meta("labels_ms") or 0)  # the newest label's Kafka timestamp
+        self.events_ms = int(store.meta("events_ms") or 0)  # the newest event's
+        self.records = 0  # applied since the last flush
+        self._flush = Flush()
+        self._users: dict[str, UserEvents] = {}
+
+    def events(self, records: Iterable[tuple[bytes | None, int]]) -> None:
+        """(value, Kafka timestamp in ms) of event records, in the order they were read."""
+        decoded = []
+        for value, published_ms in records:
+            self.records += 1
+            event = decode_event(value, self.schema, self.max_event_bytes)
+            if isinstance(event, str):
+                self._flush.counts[EVENTS, event] += 1
+            else:
+                decoded.append((event, published_ms))
+        self._load(event.user_id for event, _ in decoded)
+        early = self.store.early((e.event_id, e.user_id) for e, _ in decoded
+                                 if self.store.has_early((e.event_id, e.user_id)))
+        for event, published_ms in decoded:
+            self.arrival += 1
+            refused = self._users[event.user_id].add(event, self.arrival, published_ms)
+            if refused is not None:
+                self._flush.counts[EVENTS, refused] += 1
+                continue
+            self.events_ms = max(self.events_ms, published_ms)
+            self.newest_ts = event.ts if self.newest_ts is None else max(self.newest_ts, event.ts)
+            key = (event.event_id, event.user_id)
+            waiting = self._flush.early.pop(key, None) or early.get(key)
+            if waiting is not None:
+                self._flush.early_done.add(key)
+                self._sample(event.event_id, event.user_id, *waiting)
+
+    def labels(self, records: Iterable[tuple[bytes | None, int]]) -> None:
+        """(value, Kafka timestamp in ms) of label records, in the order they were read."""
+        decoded = []
+        for value, labelled_ms in records:
+            self.records += 1
+            label = decode_label(value)
+            if isinstance(label, str):
+                self._flush.counts[LABELS, label] += 1
+            else:
+                decoded.append((label, labelled_ms))
+        self._load(user_id for (_, user_id, _), _ in decoded)
+        for (event_id, user_id, label), labelled_ms in decoded:
+            self.labels_ms = max(self.labels_ms, labelled_ms)
+            if not self._sample(event_id, user_id, label, labelled_ms):
+                self._flush.early[event_id, user_id] = (label, labelled_ms)  # the latest one waits
+                self._flush.early_done.discard((event_id, user_id))
+
+    def _sample(self, event_id: str, user_id: str, label: int, labelled_ms: int) -> bool:
+        """Stage the event's sample; False if this user holds no such event (yet)."""
+        events = self._users[user_id]
+        published_ms = events.published_of(event_id)
+        if published_ms is None:
+            return False
+        if labelled_ms - published_ms > self.horizon_ms:
+            self._flush.counts[LABELS, AFTER_HORIZON] += 1
+        elif not self.store.admits(event_id, label):
+            self._flush.dropped["cap", label] += 1
+            self._flush.samples.pop(event_id, None)  # an earlier label of this flush is replaced too
+        else:
+            window, ts = events.window(event_id, self.window)
+            self._flush.samples[event_id] = Sample(event_id, user_id, ts, label, published_ms, labelled_ms, window)
+        return True
+
+    def consumed(self, topic: str, partition: int, next_offset: int) -> None:
+        """Where to resume `topic`/`partition` once the records applied so far are flushed."""
+        self._flush.offsets[topic, partition] = next_offset
+
+    def flush(self, settle: bool = False) -> Flushed:
+        """Write the staged changes in one store transaction; `settle`: no more records will come
+        (a one-off build), so labels still waiting for their event are unknown events now."""
+        flush, self._flush = self._flush, Flush()
+        labelled_from = self.labels_ms - self.horizon_ms
+        for user_id, events in self._users.items():
+            pending = events.prune(labelled_from, self.window)
+            flush.users[user_id] = (events.to_bytes(), pending)
+        self._users = {}
+        flush.early_expire_before_ms = (1 << 62) if settle else self.events_ms - self.horizon_ms
+        if self.since is not None and self.newest_ts is not None:
+            flush.retain_from = self.newest_ts - self.since
+        flush.meta.update(arrivals=str(self.arrival), labels_ms=str(self.labels_ms), events_ms=str(self.events_ms))
+        if self.newest_ts is not None:
+            flush.meta["newest_ts"] = repr(self.newest_ts)
+        self.records = 0
+        dropped = self.store.commit(flush)
+        return Flushed(flush.offsets, flush.counts, dropped)
+
+    def _load(self, user_ids: Iterable[str]) -> None:
+        missing = {u for u in user_ids if u not in self._users}
+        stored = self.store.users(missing)
+        for user_id in missing:
+            data = stored.get(user_id)
+            self._users[user_id] = (UserEvents.empty(self.schema) if data is None
+                                    else UserEvents.from_bytes(data, self.schema))
