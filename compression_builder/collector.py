@@ -16,15 +16,25 @@ reason, never raised: the follower must survive what production sends.
 
 from __future__ import annotations
 
+import json
 import struct
 import sys
 from array import array
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from compression_builder.window_store import Flush, Sample, WindowStore
-from ecseq.decoding import BAD_JSON, MAX_EVENT_BYTES, MISSING_FIELD, Event, EventSchema, decode_event, json_object
+from ecseq.decoding import (
+    BAD_JSON,
+    MAX_EVENT_BYTES,
+    MISSING_FIELD,
+    Event,
+    EventSchema,
+    as_text,
+    decode_event,
+    json_object,
+)
 from ecseq.fields import EVENT_ID, LABEL, USER
 from ecseq.history import MAX_LIMIT, NOT_KEPT, UserHistory
 
@@ -36,6 +46,8 @@ DUPLICATE = "duplicate_event"  # an event id already held with the same content 
 ID_REUSED = "id_reused"  # an event id already held with other content
 TOO_LATE = "too_late"  # older than every event of a full history
 _LABEL_VALUES = {0: 0, 1: 1, "0": 0, "1": 1}
+Source = tuple[str, int]  # where records were read: (topic, partition)
+NO_SOURCE: Source = ("", 0)  # records from one place (a test, a replay)
 
 
 def decode_label(raw: bytes | None) -> tuple[str, str, int] | str:
@@ -48,7 +60,7 @@ def decode_label(raw: bytes | None) -> tuple[str, str, int] | str:
     label = value[LABEL]
     if isinstance(label, bool) or not isinstance(label, (int, float, str)) or label not in _LABEL_VALUES:
         return BAD_LABEL
-    return str(value[EVENT_ID]), str(value[USER]), _LABEL_VALUES[label]
+    return as_text(value[EVENT_ID]), as_text(value[USER]), _LABEL_VALUES[label]  # ids as events' are
 
 
 @dataclass(frozen=True)
@@ -118,16 +130,28 @@ class UserEvents:
         """The held event's window as history bytes (the last `length` events up to it among those
         that had arrived by then), and its time."""
         position = self.history.event_ids.index(event_id)
-        arrival = self.arrivals[position]
-        arrived = [i for i in range(position + 1) if self.arrivals[i] <= arrival][-length:]
+        arrived = self._window_positions(position, length)
         return self.history.select(arrived).to_bytes(), self.history.event(position).ts
 
+    def _window_positions(self, position: int, length: int) -> list[int]:
+        """Positions of the event's window: the last `length` up to it that had arrived by then."""
+        arrival, positions = self.arrivals[position], []
+        for i in range(position, -1, -1):
+            if self.arrivals[i] <= arrival:
+                positions.append(i)
+                if len(positions) == length:
+                    break
+        return positions[::-1]
+
     def prune(self, labelled_from_ms: int, length: int) -> int:
-        """Forget events no label can come for, but the L - 1 before the oldest one that can (and the
-        last L - 1, the context of the next events); returns the events a label can still come for."""
+        """Forget events no label can come for, but the L - 1 before the oldest one that can, any
+        further back that a window of one that can holds (a late event it did not see sits in between),
+        and the last L - 1 (the context of the next events); returns the events a label can still come for."""
         can = [i for i, published in enumerate(self.published) if published >= labelled_from_ms]
-        first = can[0] if can else len(self.published)
-        drop = max(0, first - (length - 1))
+        keep = (can[0] if can else len(self.published)) - (length - 1)
+        if any(a > b for a, b in zip(self.arrivals, self.arrivals[1:])):  # a late event: windows skip it, so
+            keep = min([keep, *(self._window_positions(i, length)[0] for i in can)])  # may reach further back
+        drop = max(0, keep)
         if drop:
             self.history = self.history.without_oldest(drop)
             del self.arrivals[:drop], self.published[:drop]
@@ -143,14 +167,15 @@ class Collector:
         self.horizon_ms, self.since, self.max_event_bytes = horizon_ms, since, max_event_bytes
         self.arrival = int(store.meta("arrivals") or 0)
         self.newest_ts = store.newest_ts()
-        self.labels_ms = int(store.meta("labels_ms") or 0)  # the newest label's Kafka timestamp
-        self.events_ms = int(store.meta("events_ms") or 0)  # the newest event's
+        # per kind, per source (a topic partition) the newest Kafka timestamp read there
+        self.newest_ms: dict[str, dict[str, int]] = json.loads(store.meta("newest_ms") or "null") or {
+            EVENTS: {}, LABELS: {}}
         self.records = 0  # applied since the last flush
         self._flush = Flush()
         self._users: dict[str, UserEvents] = {}
 
-    def events(self, records: Iterable[tuple[bytes | None, int]]) -> None:
-        """(value, Kafka timestamp in ms) of event records, in the order they were read."""
+    def events(self, records: Iterable[tuple[bytes | None, int]], source: Source = NO_SOURCE) -> None:
+        """(value, Kafka timestamp in ms) of event records, in the order they were read from `source`."""
         decoded = []
         for value, published_ms in records:
             self.records += 1
@@ -168,7 +193,7 @@ class Collector:
             if refused is not None:
                 self._flush.counts[EVENTS, refused] += 1
                 continue
-            self.events_ms = max(self.events_ms, published_ms)
+            self._seen(EVENTS, source, published_ms)
             self.newest_ts = event.ts if self.newest_ts is None else max(self.newest_ts, event.ts)
             key = (event.event_id, event.user_id)
             waiting = self._flush.early.pop(key, None) or early.get(key)
@@ -176,8 +201,8 @@ class Collector:
                 self._flush.early_done.add(key)
                 self._sample(event.event_id, event.user_id, *waiting)
 
-    def labels(self, records: Iterable[tuple[bytes | None, int]]) -> None:
-        """(value, Kafka timestamp in ms) of label records, in the order they were read."""
+    def labels(self, records: Iterable[tuple[bytes | None, int]], source: Source = NO_SOURCE) -> None:
+        """(value, Kafka timestamp in ms) of label records, in the order they were read from `source`."""
         decoded = []
         for value, labelled_ms in records:
             self.records += 1
@@ -188,7 +213,7 @@ class Collector:
                 decoded.append((label, labelled_ms))
         self._load(user_id for (_, user_id, _), _ in decoded)
         for (event_id, user_id, label), labelled_ms in decoded:
-            self.labels_ms = max(self.labels_ms, labelled_ms)
+            self._seen(LABELS, source, labelled_ms)
             if not self._sample(event_id, user_id, label, labelled_ms):
                 self._flush.early[event_id, user_id] = (label, labelled_ms)  # the latest one waits
                 self._flush.early_done.discard((event_id, user_id))
@@ -213,19 +238,40 @@ class Collector:
         """Where to resume `topic`/`partition` once the records applied so far are flushed."""
         self._flush.offsets[topic, partition] = next_offset
 
-    def flush(self, settle: bool = False) -> Flushed:
+    def reads(self, kind: str, source: Source) -> None:
+        """Say that `source` holds records of `kind`: until it is read to its end, its timestamps hold
+        pruning back (a partition not fetched yet may hold labels for events held now)."""
+        self.newest_ms[kind].setdefault(f"{source[0]}/{source[1]}", -1)
+
+    def _seen(self, kind: str, source: Source, ms: int) -> None:
+        newest = self.newest_ms[kind]
+        key = f"{source[0]}/{source[1]}"
+        if ms > newest.get(key, -1):
+            newest[key] = ms
+
+    def watermark(self, kind: str, idle: Collection[Source] = ()) -> int:
+        """How far `kind` has been read, in Kafka time: the newest timestamp of its least advanced
+        source, not counting `idle` ones (at their end: nothing more is pending there). Pruning and
+        expiry go by it, so a source read behind the others does not lose its labels' events."""
+        newest = self.newest_ms[kind]
+        skip = {f"{topic}/{partition}" for topic, partition in idle}
+        moving = [ms for key, ms in newest.items() if key not in skip]
+        return min(moving) if moving else max(newest.values(), default=0)
+
+    def flush(self, settle: bool = False, idle: Collection[Source] = ()) -> Flushed:
         """Write the staged changes in one store transaction; `settle`: no more records will come
-        (a one-off build), so labels still waiting for their event are unknown events now."""
+        (a one-off build), so labels still waiting for their event are unknown events now; `idle`:
+        the sources read to their end."""
         flush, self._flush = self._flush, Flush()
-        labelled_from = self.labels_ms - self.horizon_ms
+        labelled_from = self.watermark(LABELS, idle) - self.horizon_ms
         for user_id, events in self._users.items():
             pending = events.prune(labelled_from, self.window)
             flush.users[user_id] = (events.to_bytes(), pending)
         self._users = {}
-        flush.early_expire_before_ms = (1 << 62) if settle else self.events_ms - self.horizon_ms
+        flush.early_expire_before_ms = (1 << 62) if settle else self.watermark(EVENTS, idle) - self.horizon_ms
         if self.since is not None and self.newest_ts is not None:
             flush.retain_from = self.newest_ts - self.since
-        flush.meta.update(arrivals=str(self.arrival), labels_ms=str(self.labels_ms), events_ms=str(self.events_ms))
+        flush.meta.update(arrivals=str(self.arrival), newest_ms=json.dumps(self.newest_ms))
         if self.newest_ts is not None:
             flush.meta["newest_ts"] = repr(self.newest_ts)
         self.records = 0

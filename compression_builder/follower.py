@@ -118,21 +118,24 @@ class Follower:
             offset = resume.get((tp.topic, tp.partition), first.get(tp, 0))
             consumer.seek(tp, offset)
             self.collector.consumed(tp.topic, tp.partition, offset)  # every partition's place is kept
+            self.collector.reads(self.kinds[tp.topic], (tp.topic, tp.partition))
 
     def _apply(self, tp: TopicPartition, messages: list) -> None:
         kind = self.kinds[tp.topic]
         records = [(m.value, m.timestamp) for m in messages]
         if kind == EVENTS:
-            self.collector.events(records)
+            self.collector.events(records, (tp.topic, tp.partition))
         else:
-            self.collector.labels(records)
+            self.collector.labels(records, (tp.topic, tp.partition))
         self.collector.consumed(tp.topic, tp.partition, messages[-1].offset + 1)
         self.ingested[kind] += len(messages)
         if self.metrics is not None:
             self.metrics.follow_records.labels(kind).inc(len(messages))
 
     async def _flush(self, consumer: AIOKafkaConsumer, settle: bool = False) -> None:
-        flushed = self.collector.flush(settle)
+        idle = [(tp.topic, tp.partition) for tp in consumer.assignment()
+                if await consumer.position(tp) >= (consumer.highwater(tp) or 0)]
+        flushed = self.collector.flush(settle, idle)
         if self.group is not None and flushed.offsets:
             await consumer.commit({TopicPartition(t, p): n for (t, p), n in flushed.offsets.items()})
         if self.metrics is not None:

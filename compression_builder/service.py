@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -136,7 +137,7 @@ def follow(make: Callable[[], Follower], stop: threading.Event, retry: float = 1
     while not stop.is_set():
         try:
             make().run(stop)
-        except (BrokerError, KafkaError, OSError, TimeoutError, WindowStoreError) as exc:
+        except (BrokerError, KafkaError, OSError, TimeoutError, WindowStoreError, sqlite3.Error) as exc:
             log.error("follower stopped: %s; resuming in %.0f s", exc, retry)
         except Exception:
             log.exception("follower failed unexpectedly; resuming in %.0f s", retry)

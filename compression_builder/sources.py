@@ -11,6 +11,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -107,11 +108,12 @@ def read_window_store(store: WindowStore, schema: EventSchema, window: int, sinc
 
 def samples_table(samples: Sequence[Sample], schema: EventSchema, window: int, where: str) -> EventTable:
     """Samples as an event table whose windows are theirs: a user's samples share one run of rows
-    while each window is the run's last rows, as with in-order events, else a sample starts a run
-    of its own (an event that arrived out of time order saw other events before it).
+    while each window continues the run (as with in-order events, unlabelled events between them
+    becoming context rows), else a sample starts a run of its own (an event that arrived out of
+    time order saw other events before it).
 
-    Users in user id order, each one's samples by time, as an event file's table: a rebuild from
-    the same events and labels then reads the same rows in the same order.
+    Users in user id order, each one's samples by time, ties in arrival order, as an event file's
+    table: a rebuild from the same events and labels reads the same rows in the same order.
     """
     if not samples:
         raise DataError(f"{where}: no labelled samples in the window")
@@ -120,20 +122,16 @@ def samples_table(samples: Sequence[Sample], schema: EventSchema, window: int, w
     user_start: list[int] = []
     run: list[str] = []
     run_user, run_start = None, 0
-    for sample in sorted(samples, key=lambda s: (s.user_id, s.ts, s.published_ms, s.event_id)):
-        history = UserHistory.from_bytes(sample.window, schema)
-        ids = history.event_ids
-        context = len(ids) - 1
-        extends = (run_user == sample.user_id and run[len(run) - context:] == list(ids[:-1])
-                   and (len(ids) >= window or len(run) == context))
-        if not extends:
+    for sample, history in _in_table_order(samples, schema):
+        ids = list(history.event_ids)
+        shared = _continues(run, ids, window) if run_user == sample.user_id else 0
+        if not shared:
             run, run_user, run_start = [], sample.user_id, len(user_start)
-        for position in range(len(ids) - 1 if extends else 0, len(ids)):
+        for position in range(shared, len(ids)):
             event = history.event(position)
-            last = position == len(ids) - 1
             columns[USER].append(event.user_id)
             columns[TS].append(event.ts)
-            columns[LABEL].append(float(sample.label) if last else np.nan)
+            columns[LABEL].append(float(sample.label) if position == len(ids) - 1 else np.nan)
             columns[EVENT_ID].append(event.event_id)
             for name, value in zip(schema.numeric, event.numeric, strict=True):
                 columns[name].append(value)
@@ -144,6 +142,34 @@ def samples_table(samples: Sequence[Sample], schema: EventSchema, window: int, w
     frame = pd.DataFrame({name: pd.Series(values, dtype=object if name in (USER, EVENT_ID, *schema.categorical)
                                           else "float64") for name, values in columns.items()})
     return EventTable(frame, schema.numeric, schema.categorical, np.asarray(user_start, dtype=np.int64))
+
+
+def _continues(run: list[str], ids: list[str], window: int) -> int:
+    """How many of a window's events the run already ends with (0: none, or the window cannot be the
+    run's last rows): the window's events up to the run's last one must be the run's tail, and a
+    window shorter than `window` must be the whole run."""
+    if not run or run[-1] not in ids[:-1]:
+        return 0
+    shared = ids.index(run[-1]) + 1
+    if run[-shared:] != ids[:shared] or (len(ids) < window and len(run) != shared):
+        return 0
+    return shared
+
+
+def _in_table_order(samples: Sequence[Sample], schema: EventSchema) -> list[tuple[Sample, UserHistory]]:
+    """(sample, its window) by user id, then time; samples of one user at the same time in arrival
+    order, which their windows tell: a later one's window holds the earlier ones (the worker's
+    history orders ties by arrival)."""
+    ordered = sorted(((s, UserHistory.from_bytes(s.window, schema)) for s in samples),
+                     key=lambda pair: (pair[0].user_id, pair[0].ts, pair[0].published_ms, pair[0].event_id))
+    out: list[tuple[Sample, UserHistory]] = []
+    for _, group in groupby(ordered, key=lambda pair: (pair[0].user_id, pair[0].ts)):
+        tied = list(group)
+        if len(tied) > 1:
+            ids = {sample.event_id for sample, _ in tied}
+            tied.sort(key=lambda pair: len(ids.intersection(pair[1].event_ids)))  # stable: else as before
+        out.extend(tied)
+    return out
 
 
 def _require_columns(present, needed: Sequence[str], where: str, kind: str) -> None:

@@ -134,6 +134,12 @@ def event_hash(event_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(event_id.encode("utf-8"), digest_size=8).digest(), "little") >> 1
 
 
+def _window_crc(window: bytes) -> int:
+    """What tells two windows apart: the crc32 of a history's bytes but the last 4, its own crc32 of the
+    rest (the crc32 of any data followed by that data's crc32 is one constant: it would tell nothing)."""
+    return zlib.crc32(memoryview(window)[:-4])
+
+
 def day_of(ts: float) -> int:
     return math.floor(ts / DAY_SECONDS)
 
@@ -152,6 +158,7 @@ class WindowStore:
         self.root = Path(root)
         self.caps = caps
         self._lock = threading.RLock()
+        self._owner = None
         try:
             (self.root / SEGMENTS).mkdir(parents=True, exist_ok=True)
             self._owner = _own(self.root / LOCK_FILE)
@@ -160,6 +167,8 @@ class WindowStore:
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: a killed process loses no committed flush
             self._db.executescript(_TABLES)
         except (OSError, sqlite3.Error) as exc:
+            if self._owner is not None:
+                os.close(self._owner)  # a store that cannot be used is not held: a later open may succeed
             raise WindowStoreError(f"cannot use window store {self.root}: {getattr(exc, 'strerror', None) or exc}") \
                 from None
         self._early = {(e, u) for e, u in self._db.execute("SELECT event_id, user_id FROM early_labels")}
@@ -240,10 +249,16 @@ class WindowStore:
                 self._enforce_caps(db, dropped, obsolete)
                 if flush.retain_from is not None:
                     self._retain(db, day_of(flush.retain_from), dropped, obsolete)
-                self._apply_state(db, flush)
+                pending, expired = self._apply_state(db, flush)
                 gone = self._empty_segments(db, obsolete)
+            self._pending += pending  # in memory once committed: a failed flush changes nothing here either
+            self._early.difference_update(flush.early_done)
+            self._early.update(flush.early)
+            self._early.difference_update(expired)
             self._unlink(gone)
-            for _, day, _ in written:
+            days = {day for _, day, _ in written}  # and those whose rows died without a write (caps, relabels)
+            days.update(self._many("SELECT name, day FROM segments WHERE name IN ({})", obsolete).values())
+            for day in sorted(days):
                 self._compact_if_needed(day)
             self._thresholds = {label: self._threshold(label) for label in CLASSES}
             return dropped
@@ -256,10 +271,10 @@ class WindowStore:
         rows, replaced = [], []
         for sample in flush.samples.values():
             old = held.get(sample.event_id)
-            if old == (sample.label, zlib.crc32(sample.window)):
+            if old == (sample.label, _window_crc(sample.window)):
                 continue  # a replay after a restart, or the same label again
             limit = self._thresholds[sample.label]
-            if flush.retain_from is not None and sample.ts < flush.retain_from:
+            if flush.retain_from is not None and day_of(sample.ts) < day_of(flush.retain_from):  # as _retain
                 dropped["retention", sample.label] += 1
             elif limit is not None and event_hash(sample.event_id) > limit and (old is None or old[0] != sample.label):
                 dropped["cap", sample.label] += 1
@@ -311,7 +326,7 @@ class WindowStore:
                 if old is not None:
                     obsolete.add(old[0])
                 db.execute("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?, ?, ?)",
-                           (sample.event_id, sample.label, event_hash(sample.event_id), zlib.crc32(sample.window),
+                           (sample.event_id, sample.label, event_hash(sample.event_id), _window_crc(sample.window),
                             sample.ts, day, name))
             db.execute("INSERT INTO segments VALUES (?, ?, ?, ?)",
                        (name, day, len(samples), (self.root / name).stat().st_size))
@@ -334,22 +349,21 @@ class WindowStore:
         db.execute("DELETE FROM samples WHERE day < ?", (first_day,))
         obsolete.update(name for (name,) in db.execute("SELECT name FROM segments WHERE day < ?", (first_day,)))
 
-    def _apply_state(self, db: sqlite3.Connection, flush: Flush) -> None:
+    def _apply_state(self, db: sqlite3.Connection, flush: Flush) -> tuple[int, list[tuple[str, str]]]:
+        """Returns the change in pending events and the early labels expired."""
+        change, expired = 0, []
         for user, (_, pending) in flush.users.items():
             old = db.execute("SELECT pending FROM users WHERE user_id = ?", (user,)).fetchone()
-            self._pending += pending - (old[0] if old else 0)
+            change += pending - (old[0] if old else 0)
         db.executemany("INSERT OR REPLACE INTO users VALUES (?, ?, ?)",
                        [(u, s, p) for u, (s, p) in flush.users.items()])
         db.executemany("DELETE FROM early_labels WHERE event_id = ? AND user_id = ?", list(flush.early_done))
         db.executemany("INSERT OR REPLACE INTO early_labels VALUES (?, ?, ?, ?)",
                        [(*key, *label) for key, label in flush.early.items()])
-        self._early.difference_update(flush.early_done)
-        self._early.update(flush.early)
         if flush.early_expire_before_ms is not None:
             expired = db.execute("SELECT event_id, user_id FROM early_labels WHERE labelled_ms < ?",
                                  (flush.early_expire_before_ms,)).fetchall()
             db.executemany("DELETE FROM early_labels WHERE event_id = ? AND user_id = ?", expired)
-            self._early.difference_update(expired)
             flush.counts["labels", "unknown_event"] += len(expired)
         db.executemany("INSERT OR REPLACE INTO offsets VALUES (?, ?, ?)",
                        [(t, p, n) for (t, p), n in flush.offsets.items()])
@@ -357,6 +371,7 @@ class WindowStore:
                        "ON CONFLICT (kind, reason) DO UPDATE SET n = n + excluded.n",
                        [(k, r, n) for (k, r), n in flush.counts.items() if n])
         db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(flush.meta.items()))
+        return change, expired
 
     def _empty_segments(self, db: sqlite3.Connection, candidates: set[str]) -> list[str]:
         gone = [name for name in candidates

@@ -130,7 +130,8 @@ def _demo(args: argparse.Namespace, settings: KafkaSettings, work: Path, childre
 
     plan = plan_replay(data.replay, data.numeric, data.categorical, settings.events_topic, settings.labels_topic)
     builder = ecseq_command("builder", "--kafka", broker.bootstrap, "--every", BUILDER_EVERY, "--since", BUILDER_SINCE,
-                            "--store", str(store_dir.absolute()), "--metrics-port", str(builder_port),
+                            "--store", str(store_dir.absolute()), "--data-dir", str((work / "builder-data").absolute()),
+                            "--metrics-port", str(builder_port),
                             "--metrics-host", "127.0.0.1", "--threads", "1", "--quiet",
                             "--force")  # see demo.builds.FORCED_WHY
     display = Display()

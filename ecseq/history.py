@@ -256,10 +256,15 @@ class UserHistory:
 
     def select(self, positions: Sequence[int]) -> UserHistory:
         """A copy holding only the events at `positions` (ascending): how a window looked before
-        events that arrived later, out of time order, were inserted into it."""
+        events that arrived later, out of time order, were inserted into it. Its values are numbered
+        in order of first use, so the same events give the same bytes whatever this history saw."""
         rows = np.asarray(positions, dtype=np.int64)
+        codes = self._codes[rows]
+        order = list(dict.fromkeys(codes[codes >= 0].ravel().tolist()))
+        renumber = np.full(len(self._values) + 1, -1, dtype=np.int32)  # the last slot: -1 (missing) stays
+        renumber[order] = np.arange(len(order), dtype=np.int32)
         return UserHistory(self.schema, self.user_id, [self._ids[i] for i in rows.tolist()], self._ts[rows],
-                           self._num[rows], self._codes[rows], list(self._values))
+                           self._num[rows], renumber[codes], [self._values[i] for i in order])
 
     def with_schema(self, schema: EventSchema) -> UserHistory:
         """The same events under another schema: columns matched by name; a column the history

@@ -68,19 +68,29 @@ def test_window_without_labels_is_an_error(tmp_path):
         read_event_file(path, numeric=["amount"], categorical=("channel",))
 
 
-def test_kafka_events_are_validated_like_the_worker_validates_them():
-    """The builder decodes events with decode_event; its reason words stay the ones it has always reported."""
-    from types import SimpleNamespace
-
-    from compression_builder.sources import _decode_events
-    from ecseq.decoding import MAX_EVENT_BYTES
+def test_kafka_events_are_validated_like_the_worker_validates_them(tmp_path):
+    """The follower decodes events with the worker's decode_event and counts each refusal under its reason."""
+    from compression_builder.collector import Collector
+    from compression_builder.window_store import Caps, WindowStore
+    from ecseq.decoding import MAX_EVENT_BYTES, EventSchema
+    from ecseq.history import UserHistory
 
     good = {"event_id": 7, "user_id": 3.0, "ts": "2024-01-01T00:00:00Z", "amount": None, "channel": "web"}
     values = [json.dumps(good).encode(), None, b"[1]", b"{x", b" " * (MAX_EVENT_BYTES + 1),
               json.dumps({**good, "event_id": "b", "amount": "lots"}).encode(),
               json.dumps({**good, "event_id": "c", "ts": "someday"}).encode(),
               json.dumps({k: v for k, v in good.items() if k != "channel"}).encode()]
-    rows, skipped = _decode_events([SimpleNamespace(value=v) for v in values], ["amount"], ["channel"])
-    assert dict(skipped) == {"bad_json": 3, "oversize": 1, "bad_type": 1, "bad_timestamp": 1, "missing_field": 1}
-    [(event_id, user_id, ts, amount, channel)] = rows
-    assert (event_id, user_id, ts, channel) == ("7", "3", 1_704_067_200.0, "web") and np.isnan(amount)
+    schema = EventSchema(("amount",), ("channel",))
+    store = WindowStore(tmp_path, Caps(10, 10))
+    collector = Collector(store, schema, 50, 3_600_000, None)
+    collector.events([(value, 1_000) for value in values])
+    collector.labels([(json.dumps({"event_id": "7", "user_id": "3", "label": 1}).encode(), 2_000)])
+    collector.flush()
+    assert {reason: n for (kind, reason), n in store.counts().items() if kind == "events"} == {
+        "tombstone": 1, "not_object": 1, "bad_json": 1, "oversize": 1, "bad_type": 1, "bad_timestamp": 1,
+        "missing_field": 1}
+    [sample] = store.samples()
+    [event] = UserHistory.from_bytes(sample.window, schema).events()
+    assert (event.event_id, event.user_id, event.ts, event.categorical) == ("7", "3", 1_704_067_200.0, ("web",))
+    assert np.isnan(event.numeric[0])
+    store.close()
