@@ -5,7 +5,9 @@ train the GNN, evaluate against the encoder and the serving artifact, write the 
 plots, publish. The core fit (embed + compress + GNN, what bench_build times) is the baseline
 of the same run: the ratio says what the product around it costs. Then the published artifact
 is loaded the way a worker loads it. Targets: rebuild <= 30 s, load <= 200 ms.
-`--source kafka` gathers the same window from Apache Kafka on loopback instead (events joined with labels).
+`--source kafka` gathers the same window from Apache Kafka on loopback instead: the events and late
+labels read into a window store of its own, as `ecseq build --kafka` does (caps large enough to keep
+every labelled event, so both sources build from the same samples).
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from bench.common import per_call_seconds, report_checks
 from compression_builder.pipeline import BuildConfig, EncoderConfig, train_fresh_encoder
 from compression_builder.service import BuildJob
 from compression_builder.sources import read_event_file, read_kafka
-from ecseq.artifacts import ArtifactStore
+from compression_builder.window_store import Caps
+from ecseq.artifacts import ArtifactStore, ModelBundle
 from ecseq.data.synthetic import generate_synthetic
+from ecseq.decoding import EventSchema
 from ecseq.encoders.training import EncoderTrainConfig
 from ecseq.gnn_training import GNNTrainConfig
 from ecseq.relation import RelationConfig
@@ -37,9 +41,10 @@ LOAD_TARGET_S = 0.200
 CORE_STAGES = ("embed", "compress", "gnn")
 CATEGORICAL = ("mcc", "device", "country", "channel")
 EVENTS, LABELS = "bench.events", "bench.labels"
+HORIZON_S = 7 * 86400.0  # the builder's default label horizon (the labels here come seconds after their events)
 
 
-def _events(labelled: int) -> pd.DataFrame:
+def labelled_newest(labelled: int) -> pd.DataFrame:
     """The synthetic set with labels kept on its newest `labelled` events (older ones are context)."""
     frame = generate_synthetic(seed=0)
     newest = frame["ts"].rank(method="first", ascending=False) <= labelled
@@ -65,7 +70,7 @@ def main() -> int:
     parser.add_argument("--source", choices=("file", "kafka"), default="file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ecseq-bench-") as tmp, contextlib.ExitStack() as stack:
-        frame = _events(args.n)
+        frame = labelled_newest(args.n)
         events = Path(tmp) / "events.parquet"
         frame.to_parquet(events)
         if args.source == "kafka":
@@ -74,13 +79,14 @@ def main() -> int:
         store = ArtifactStore(Path(tmp) / "store")
         config = BuildConfig(relation=RelationConfig(gnn=GNNTrainConfig(progress=False)))
 
-        def gather(spec):
-            if spec is None:  # the first artifact: train-encoder reads the file
+        def gather(bundle: ModelBundle | None):
+            if bundle is None:  # the first artifact: train-encoder reads the file
                 return read_event_file(events, CATEGORICAL)
-            numeric, categorical = [f.name for f in spec.numeric], tuple(f.name for f in spec.categorical)
+            schema = EventSchema.from_spec(bundle.feature_spec)
             if args.source == "kafka":
-                return read_kafka(kafka, EVENTS, LABELS, numeric, categorical)
-            return read_event_file(events, categorical, numeric)
+                return read_kafka(kafka, EVENTS, LABELS, schema, bundle.window, None, HORIZON_S,
+                                  Caps(negatives=args.n, positives=args.n))
+            return read_event_file(events, schema.categorical, list(schema.numeric))
 
         job = BuildJob(store, gather, config, force=True)
         encoder = EncoderConfig(train=EncoderTrainConfig(epochs=2, progress=False))

@@ -15,13 +15,16 @@ import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from compression_builder.collector import EVENTS, LABELS, Collector
-from compression_builder.metrics import BuilderMetrics
 from kafka_io.client import KafkaClientConfig
 from kafka_io.topics import first_offsets, partition_counts
+
+if TYPE_CHECKING:
+    from compression_builder.metrics import BuilderMetrics
 
 log = logging.getLogger("ecseq.builder")
 
