@@ -16,7 +16,9 @@ Invariants:
 - The offsets in the same transaction say which records the state includes: the follower resumes
   from them, so after a crash every record is applied to the state exactly once.
 - Per class, the store keeps the `cap` samples with the smallest hash of their event id: a uniform
-  sample of the class (a bottom-k reservoir) that does not depend on arrival order or restarts.
+  sample of the class (a bottom-k reservoir) that does not depend on arrival order or restarts, as
+  long as no label moves a sample out of a full class (the next sample of that class then fills
+  the freed place whatever its hash, and which one comes next can depend on the order).
 - Samples whose event time is more than `since` before the newest event seen leave with their day.
 """
 

@@ -314,7 +314,7 @@ class UserHistory:
         to `schema` by name (see with_schema)."""
         data = bytes(data)
         try:
-            history = _Reader(data).history()
+            history = _Reader(data).history(schema)
         except (struct.error, UnicodeDecodeError) as exc:
             raise ValueError(f"corrupt user history ({len(data)} bytes): {exc}") from None
         return history if history.schema == schema else history.with_schema(schema)
@@ -406,16 +406,25 @@ class _Reader:
     def strings(self, count: int) -> list[str]:
         lengths = self.unpack(f"<{count}H")
         blob = self.take(sum(lengths))
+        if count == 1:
+            return [blob.decode("utf-8")]
         bounds = list(accumulate(lengths, initial=0))
         if blob.isascii():  # one decode, then slices: the common case
             text = blob.decode("ascii")
             return [text[a:b] for a, b in pairwise(bounds)]
         return [blob[a:b].decode("utf-8") for a, b in pairwise(bounds)]
 
-    def history(self) -> UserHistory:
-        n_numeric, n_categorical = self.unpack("<HH")
-        names = self.strings(n_numeric + n_categorical)
-        schema = EventSchema(tuple(names[:n_numeric]), tuple(names[n_numeric:]))
+    def history(self, expected: EventSchema | None = None) -> UserHistory:
+        """The history; if its header is the one `expected` writes, its column names are not parsed
+        again (readers of many histories of one schema: the builder's window store)."""
+        header = _header(expected) if expected is not None else b""
+        if header and self.data.startswith(header):
+            self.at, schema = len(header), expected
+            n_numeric, n_categorical = len(expected.numeric), len(expected.categorical)
+        else:
+            n_numeric, n_categorical = self.unpack("<HH")
+            names = self.strings(n_numeric + n_categorical)
+            schema = EventSchema(tuple(names[:n_numeric]), tuple(names[n_numeric:]))
         (user_id,) = self.strings(1)
         (n,) = self.unpack("<H")
         ids = self.strings(n)
