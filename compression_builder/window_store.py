@@ -323,13 +323,11 @@ class WindowStore:
     def _index(self, db: sqlite3.Connection, written: list[tuple[str, int, list[Sample]]],
                obsolete: set[str]) -> None:
         for name, day, samples in written:
-            for sample in samples:
-                old = db.execute("SELECT segment FROM samples WHERE event_id = ?", (sample.event_id,)).fetchone()
-                if old is not None:
-                    obsolete.add(old[0])
-                db.execute("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?, ?, ?)",
-                           (sample.event_id, sample.label, event_hash(sample.event_id), _window_crc(sample.window),
-                            sample.ts, day, name))
+            obsolete.update(self._many("SELECT event_id, segment FROM samples WHERE event_id IN ({})",
+                                       (s.event_id for s in samples)).values())
+            db.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           [(s.event_id, s.label, event_hash(s.event_id), _window_crc(s.window), s.ts, day, name)
+                            for s in samples])
             db.execute("INSERT INTO segments VALUES (?, ?, ?, ?)",
                        (name, day, len(samples), (self.root / name).stat().st_size))
 
@@ -354,9 +352,8 @@ class WindowStore:
     def _apply_state(self, db: sqlite3.Connection, flush: Flush) -> tuple[int, list[tuple[str, str]]]:
         """Returns the change in pending events and the early labels expired."""
         change, expired = 0, []
-        for user, (_, pending) in flush.users.items():
-            old = db.execute("SELECT pending FROM users WHERE user_id = ?", (user,)).fetchone()
-            change += pending - (old[0] if old else 0)
+        held = self._many("SELECT user_id, pending FROM users WHERE user_id IN ({})", flush.users)
+        change = sum(pending - held.get(user, 0) for user, (_, pending) in flush.users.items())
         db.executemany("INSERT OR REPLACE INTO users VALUES (?, ?, ?)",
                        [(u, s, p) for u, (s, p) in flush.users.items()])
         db.executemany("DELETE FROM early_labels WHERE event_id = ? AND user_id = ?", list(flush.early_done))
