@@ -120,16 +120,9 @@ class UserEvents:
             del self.arrivals[:dropped], self.published[:dropped]
         return None
 
-    def published_of(self, event_id: str) -> int | None:
-        """The event's Kafka timestamp, or None if this user holds no such event."""
-        if event_id not in self.history:
-            return None
-        return self.published[self.history.event_ids.index(event_id)]
-
-    def window(self, event_id: str, length: int) -> tuple[bytes, float]:
-        """The held event's window as history bytes (the last `length` events up to it among those
-        that had arrived by then), and its time."""
-        position = self.history.event_ids.index(event_id)
+    def window(self, position: int, length: int) -> tuple[bytes, float]:
+        """The window of the event at `position` as history bytes (the last `length` events up to it
+        among those that had arrived by then), and its time."""
         arrived = self._window_positions(position, length)
         return self.history.select(arrived).to_bytes(), self.history.event(position).ts
 
@@ -221,16 +214,17 @@ class Collector:
     def _sample(self, event_id: str, user_id: str, label: int, labelled_ms: int) -> bool:
         """Stage the event's sample; False if this user holds no such event (yet)."""
         events = self._users[user_id]
-        published_ms = events.published_of(event_id)
-        if published_ms is None:
+        position = events.history.position(event_id)
+        if position is None:
             return False
+        published_ms = events.published[position]
         if labelled_ms - published_ms > self.horizon_ms:
             self._flush.counts[LABELS, AFTER_HORIZON] += 1
         elif not self.store.admits(event_id, label):
             self._flush.dropped["cap", label] += 1
             self._flush.samples.pop(event_id, None)  # an earlier label of this flush is replaced too
         else:
-            window, ts = events.window(event_id, self.window)
+            window, ts = events.window(position, self.window)
             self._flush.samples[event_id] = Sample(event_id, user_id, ts, label, published_ms, labelled_ms, window)
         return True
 

@@ -122,6 +122,13 @@ class UserHistory:
         return (held.ts == event.ts and np.array_equal(stored[known], sent[known])
                 and all(value is None or value == other for value, other in zip(held.categorical, event.categorical)))
 
+    def position(self, event_id: str) -> int | None:
+        """Where the history holds this event id, or None."""
+        try:
+            return self._ids.index(event_id)
+        except ValueError:
+            return None
+
     def event_id(self, position: int) -> str:
         return self._ids[position]
 
@@ -258,13 +265,16 @@ class UserHistory:
         """A copy holding only the events at `positions` (ascending): how a window looked before
         events that arrived later, out of time order, were inserted into it. Its values are numbered
         in order of first use, so the same events give the same bytes whatever this history saw."""
-        rows = np.asarray(positions, dtype=np.int64)
+        first, last = positions[0], positions[-1]
+        rows: slice | np.ndarray = (slice(first, last + 1) if last - first + 1 == len(positions)  # the usual case
+                                    else np.asarray(positions, dtype=np.int64))
         codes = self._codes[rows]
         order = list(dict.fromkeys(codes[codes >= 0].ravel().tolist()))
         renumber = np.full(len(self._values) + 1, -1, dtype=np.int32)  # the last slot: -1 (missing) stays
         renumber[order] = np.arange(len(order), dtype=np.int32)
-        return UserHistory(self.schema, self.user_id, [self._ids[i] for i in rows.tolist()], self._ts[rows],
-                           self._num[rows], renumber[codes], [self._values[i] for i in order])
+        ids = self._ids[rows] if isinstance(rows, slice) else [self._ids[i] for i in positions]
+        return UserHistory(self.schema, self.user_id, ids, self._ts[rows], self._num[rows], renumber[codes],
+                           [self._values[i] for i in order])
 
     def with_schema(self, schema: EventSchema) -> UserHistory:
         """The same events under another schema: columns matched by name; a column the history
@@ -417,10 +427,9 @@ class _Reader:
     def history(self, expected: EventSchema | None = None) -> UserHistory:
         """The history; if its header is the one `expected` writes, its column names are not parsed
         again (readers of many histories of one schema: the builder's window store)."""
-        header = _header(expected) if expected is not None else b""
-        if header and self.data.startswith(header):
-            self.at, schema = len(header), expected
-            n_numeric, n_categorical = len(expected.numeric), len(expected.categorical)
+        if expected is not None and self.data.startswith(_header(expected)):
+            self.at, schema = len(_header(expected)), expected
+            n_numeric, n_categorical = len(schema.numeric), len(schema.categorical)
         else:
             n_numeric, n_categorical = self.unpack("<HH")
             names = self.strings(n_numeric + n_categorical)
