@@ -59,7 +59,8 @@ def test_a_failed_announcement_is_counted_not_fatal(store, events_csv):
     def announce(message):
         raise AnnounceError(f"could not announce {message['version']}")
 
-    def gather(spec):
+    def gather(bundle):
+        spec = bundle.feature_spec
         return read_event_file(events_csv, tuple(f.name for f in spec.categorical), [f.name for f in spec.numeric])
 
     config = BuildConfig(relation=RelationConfig(k=40, positive_k=10, gnn=GNNTrainConfig(epochs=5, progress=False)))
