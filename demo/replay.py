@@ -24,7 +24,7 @@ LABEL_DELAY_EVENTS = 200  # a label is sent right after the event this many even
 MALFORMED_EVERY = 200  # one malformed event after every 200th valid one: 0.5 %
 # Each kind is named by the dead-letter reason the worker must give it.
 MALFORMED_KINDS = (BAD_JSON, MISSING_FIELD, NON_FINITE, BAD_TYPE)
-BUILDER_AT = 0.3  # the builder starts once this share of the labels is out (it needs ~15 s to publish)
+BUILDER_AT = 0.2  # the builder starts once this share of the labels is out (it needs 15-25 s to publish)
 
 
 @dataclass(frozen=True)

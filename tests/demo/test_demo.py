@@ -20,7 +20,7 @@ import pytest
 from demo.replay import MALFORMED_EVERY, MALFORMED_KINDS
 
 EVENTS = 6_000
-RATE = 200  # 30 s of replay: room for the builder (~5 s start + build) to publish mid-stream
+RATE = 200  # 30 s of replay: room for the builder (~7 s start, catch-up, build) to publish mid-stream
 READY_MARKER = "worker ready on"
 CHILDREN = {"broker", "train-encoder", "worker", "builder"}
 
