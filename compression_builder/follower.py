@@ -80,8 +80,10 @@ class Follower:
                     self._apply(tp, messages)
                 if self.metrics is not None:
                     for tp in tps:
-                        self.metrics.follow_lag.labels(tp.topic, str(tp.partition)).set(
-                            max(0, (consumer.highwater(tp) or 0) - await consumer.position(tp)))
+                        end_now = consumer.highwater(tp)
+                        if end_now is not None:  # known once fetched
+                            self.metrics.follow_lag.labels(tp.topic, str(tp.partition)).set(
+                                max(0, end_now - await consumer.position(tp)))
                 if self.collector.records >= FLUSH_RECORDS or time.monotonic() - flushed >= self.flush_every:
                     await self._flush(consumer)
                     flushed = time.monotonic()
@@ -136,8 +138,9 @@ class Follower:
             self.metrics.follow_records.labels(kind).inc(len(messages))
 
     async def _flush(self, consumer: AIOKafkaConsumer, settle: bool = False) -> None:
+        # a partition not fetched yet has no highwater: it is behind, not idle
         idle = [(tp.topic, tp.partition) for tp in consumer.assignment()
-                if await consumer.position(tp) >= (consumer.highwater(tp) or 0)]
+                if consumer.highwater(tp) is not None and await consumer.position(tp) >= consumer.highwater(tp)]
         flushed = self.collector.flush(settle, idle)
         if self.group is not None and flushed.offsets:
             await consumer.commit({TopicPartition(t, p): n for (t, p), n in flushed.offsets.items()})
