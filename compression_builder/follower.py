@@ -80,10 +80,9 @@ class Follower:
                     self._apply(tp, messages)
                 if self.metrics is not None:
                     for tp in tps:
-                        end_now = consumer.highwater(tp)
-                        if end_now is not None:  # known once fetched
-                            self.metrics.follow_lag.labels(tp.topic, str(tp.partition)).set(
-                                max(0, end_now - await consumer.position(tp)))
+                        lag = await _lag(consumer, tp)
+                        if lag is not None:
+                            self.metrics.follow_lag.labels(tp.topic, str(tp.partition)).set(lag)
                 if self.collector.records >= FLUSH_RECORDS or time.monotonic() - flushed >= self.flush_every:
                     await self._flush(consumer)
                     flushed = time.monotonic()
@@ -108,11 +107,10 @@ class Follower:
         """Resume where the store's last flush ended; a new or lost store starts at `now - since`."""
         store = self.collector.store
         resume = store.offsets()
-        start = None
+        start = None if resume or self.since is None else time.time() - self.since
         if resume:
             log.info("following %s from the window store's offsets", " and ".join(self.kinds))
         else:
-            start = None if self.since is None else time.time() - self.since
             lost = self.group is not None and any([await consumer.committed(tp) is not None for tp in tps])
             log.warning("window store %s is %s: rebuilding it from the topics' records %s", store.root,
                         "lost (its consumer group has committed offsets)" if lost else "empty",
@@ -138,14 +136,19 @@ class Follower:
             self.metrics.follow_records.labels(kind).inc(len(messages))
 
     async def _flush(self, consumer: AIOKafkaConsumer, settle: bool = False) -> None:
-        # a partition not fetched yet has no highwater: it is behind, not idle
-        idle = [(tp.topic, tp.partition) for tp in consumer.assignment()
-                if consumer.highwater(tp) is not None and await consumer.position(tp) >= consumer.highwater(tp)]
+        idle = [(tp.topic, tp.partition) for tp in consumer.assignment() if await _lag(consumer, tp) == 0]
         flushed = self.collector.flush(settle, idle)
         if self.group is not None and flushed.offsets:
             await consumer.commit({TopicPartition(t, p): n for (t, p), n in flushed.offsets.items()})
         if self.metrics is not None:
             self.metrics.observe_flush(flushed, self.collector.store.stats())
+
+
+async def _lag(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+    """Records between the position and the partition's end; None until fetched (no end known yet:
+    such a partition is behind, not idle)."""
+    end = consumer.highwater(tp)
+    return None if end is None else max(0, end - await consumer.position(tp))
 
 
 def _iso(seconds: float) -> str:

@@ -174,7 +174,6 @@ class WindowStore:
             raise WindowStoreError(f"cannot use window store {self.root}: {getattr(exc, 'strerror', None) or exc}") \
                 from None
         self._early = {(e, u) for e, u in self._db.execute("SELECT event_id, user_id FROM early_labels")}
-        self._pending = int(self._db.execute("SELECT COALESCE(SUM(pending), 0) FROM users").fetchone()[0])
         self._thresholds = {label: self._threshold(label) for label in CLASSES}
         self._remove_orphans()
 
@@ -251,10 +250,9 @@ class WindowStore:
                 self._enforce_caps(db, dropped, obsolete)
                 if flush.retain_from is not None:
                     self._retain(db, day_of(flush.retain_from), dropped, obsolete)
-                pending, expired = self._apply_state(db, flush)
+                expired = self._apply_state(db, flush)
                 gone = self._empty_segments(db, obsolete)
-            self._pending += pending  # in memory once committed: a failed flush changes nothing here either
-            self._early.difference_update(flush.early_done)
+            self._early.difference_update(flush.early_done)  # once committed: a failed flush changes nothing here
             self._early.update(flush.early)
             self._early.difference_update(expired)
             self._unlink(gone)
@@ -349,11 +347,9 @@ class WindowStore:
         db.execute("DELETE FROM samples WHERE day < ?", (first_day,))
         obsolete.update(name for (name,) in db.execute("SELECT name FROM segments WHERE day < ?", (first_day,)))
 
-    def _apply_state(self, db: sqlite3.Connection, flush: Flush) -> tuple[int, list[tuple[str, str]]]:
-        """Returns the change in pending events and the early labels expired."""
-        change, expired = 0, []
-        held = self._many("SELECT user_id, pending FROM users WHERE user_id IN ({})", flush.users)
-        change = sum(pending - held.get(user, 0) for user, (_, pending) in flush.users.items())
+    def _apply_state(self, db: sqlite3.Connection, flush: Flush) -> list[tuple[str, str]]:
+        """Returns the early labels expired."""
+        expired: list[tuple[str, str]] = []
         db.executemany("INSERT OR REPLACE INTO users VALUES (?, ?, ?)",
                        [(u, s, p) for u, (s, p) in flush.users.items()])
         db.executemany("DELETE FROM early_labels WHERE event_id = ? AND user_id = ?", list(flush.early_done))
@@ -370,7 +366,7 @@ class WindowStore:
                        "ON CONFLICT (kind, reason) DO UPDATE SET n = n + excluded.n",
                        [(k, r, n) for (k, r), n in flush.counts.items() if n])
         db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(flush.meta.items()))
-        return change, expired
+        return expired
 
     def _empty_segments(self, db: sqlite3.Connection, candidates: set[str]) -> list[str]:
         gone = [name for name in candidates
@@ -447,7 +443,8 @@ class WindowStore:
             oldest, newest = self._db.execute("SELECT MIN(ts), MAX(ts) FROM samples").fetchone()
             segment_bytes = self._db.execute("SELECT COALESCE(SUM(bytes), 0) FROM segments").fetchone()[0]
             state_bytes = sum(p.stat().st_size for p in self.root.glob(STATE_FILE + "*"))
-            return StoreStats(per_class, int(segment_bytes + state_bytes), oldest, newest, self._pending)
+            pending = self._db.execute("SELECT COALESCE(SUM(pending), 0) FROM users").fetchone()[0]
+            return StoreStats(per_class, int(segment_bytes + state_bytes), oldest, newest, int(pending))
 
 
 def _own(path: Path) -> int:
