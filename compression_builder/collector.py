@@ -16,12 +16,13 @@ reason, never raised: the follower must survive what production sends.
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
 import sys
 from array import array
 from collections import Counter
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from compression_builder.window_store import Flush, Sample, WindowStore
@@ -46,6 +47,7 @@ DUPLICATE = "duplicate_event"  # an event id already held with the same content 
 ID_REUSED = "id_reused"  # an event id already held with other content
 TOO_LATE = "too_late"  # older than every event of a full history
 _LABEL_VALUES = {0: 0, 1: 1, "0": 0, "1": 1}
+CACHED_USERS = 50_000  # decoded users kept between flushes (~6 KB each with a window of 50)
 Source = tuple[str, int]  # where records were read: (topic, partition)
 NO_SOURCE: Source = ("", 0)  # records from one place (a test, a replay)
 
@@ -77,17 +79,18 @@ class UserEvents:
     """One user's recent events (a UserHistory, in time order) with each one's arrival number and
     Kafka timestamp. Bytes: I history length | history | n x q arrivals | n x q timestamps."""
 
-    __slots__ = ("arrivals", "history", "published")
+    __slots__ = ("arrivals", "history", "pending", "published")
 
-    def __init__(self, history: UserHistory, arrivals: list[int], published: list[int]) -> None:
+    def __init__(self, history: UserHistory, arrivals: list[int], published: list[int], pending: int = 0) -> None:
         self.history, self.arrivals, self.published = history, arrivals, published
+        self.pending = pending  # events a label can still come for, as the store last counted them
 
     @classmethod
     def empty(cls, schema: EventSchema) -> UserEvents:
         return cls(UserHistory.empty(schema), [], [])
 
     @classmethod
-    def from_bytes(cls, data: bytes, schema: EventSchema) -> UserEvents:
+    def from_bytes(cls, data: bytes, schema: EventSchema, pending: int = 0) -> UserEvents:
         (size,) = struct.unpack_from("<I", data)
         history = UserHistory.from_bytes(data[4:4 + size], schema)
         rest = array("q", data[4 + size:])
@@ -95,7 +98,7 @@ class UserEvents:
             rest.byteswap()
         if len(rest) != 2 * len(history):
             raise ValueError("corrupt user events: arrivals do not match the history")
-        return cls(history, rest[:len(history)].tolist(), rest[len(history):].tolist())
+        return cls(history, rest[:len(history)].tolist(), rest[len(history):].tolist(), pending)
 
     def to_bytes(self) -> bytes:
         history = self.history.to_bytes()
@@ -123,12 +126,15 @@ class UserEvents:
     def window(self, position: int, length: int) -> tuple[bytes, float]:
         """The window of the event at `position` as history bytes (the last `length` events up to it
         among those that had arrived by then), and its time."""
-        arrived = self._window_positions(position, length)
-        return self.history.select(arrived).to_bytes(), self.history.event(position).ts
+        return self.history.selected_bytes(self._window_positions(position, length)), self.history.ts_at(position)
 
-    def _window_positions(self, position: int, length: int) -> list[int]:
+    def _window_positions(self, position: int, length: int) -> Sequence[int]:
         """Positions of the event's window: the last `length` up to it that had arrived by then."""
-        arrival, positions = self.arrivals[position], []
+        first = max(0, position + 1 - length)
+        arrival = self.arrivals[position]
+        if max(self.arrivals[first:position + 1]) == arrival:  # none of them came later: the usual case
+            return range(first, position + 1)
+        positions = []
         for i in range(position, -1, -1):
             if self.arrivals[i] <= arrival:
                 positions.append(i)
@@ -136,19 +142,20 @@ class UserEvents:
                     break
         return positions[::-1]
 
-    def prune(self, labelled_from_ms: int, length: int) -> int:
+    def prune(self, labelled_from_ms: int, length: int) -> tuple[int, int]:
         """Forget events no label can come for, but the L - 1 before the oldest one that can, any
         further back that a window of one that can holds (a late event it did not see sits in between),
-        and the last L - 1 (the context of the next events); returns the events a label can still come for."""
+        and the last L - 1 (the context of the next events); returns the events a label can still come
+        for, and the events forgotten."""
         can = [i for i, published in enumerate(self.published) if published >= labelled_from_ms]
         keep = (can[0] if can else len(self.published)) - (length - 1)
         if any(a > b for a, b in zip(self.arrivals, self.arrivals[1:])):  # a late event: windows skip it, so
             keep = min([keep, *(self._window_positions(i, length)[0] for i in can)])  # may reach further back
         drop = max(0, keep)
         if drop:
-            self.history = self.history.without_oldest(drop)
+            self.history.drop_oldest(drop)
             del self.arrivals[:drop], self.published[:drop]
-        return len(can)
+        return len(can), drop
 
 
 class Collector:
@@ -165,7 +172,11 @@ class Collector:
             EVENTS: {}, LABELS: {}}
         self.records = 0  # applied since the last flush
         self._flush = Flush()
+        # Decoded users, least recently used first: the store's state plus the staged changes. Kept
+        # across flushes (up to CACHED_USERS), so an active user's next records skip a read and decode.
         self._users: dict[str, UserEvents] = {}
+        self._touched: set[str] = set()  # users with records since the last flush
+        self._changed: set[str] = set()  # ... whose events changed: written at the flush
 
     def events(self, records: Iterable[tuple[bytes | None, int]], source: Source = NO_SOURCE) -> None:
         """(value, Kafka timestamp in ms) of event records, in the order they were read from `source`."""
@@ -186,6 +197,7 @@ class Collector:
             if refused is not None:
                 self._flush.counts[EVENTS, refused] += 1
                 continue
+            self._changed.add(event.user_id)
             self._seen(EVENTS, source, published_ms)
             self.newest_ts = event.ts if self.newest_ts is None else max(self.newest_ts, event.ts)
             key = (event.event_id, event.user_id)
@@ -258,10 +270,15 @@ class Collector:
         the sources read to their end."""
         flush, self._flush = self._flush, Flush()
         labelled_from = self.watermark(LABELS, idle) - self.horizon_ms
-        for user_id, events in self._users.items():
-            pending = events.prune(labelled_from, self.window)
-            flush.users[user_id] = (events.to_bytes(), pending)
-        self._users = {}
+        for user_id in self._touched:
+            events = self._users[user_id]
+            pending, dropped = events.prune(labelled_from, self.window)
+            if dropped or user_id in self._changed:
+                flush.users[user_id] = (events.to_bytes(), pending)
+            elif pending != events.pending:
+                flush.pending[user_id] = pending
+            events.pending = pending
+        self._touched, self._changed = set(), set()
         flush.early_expire_before_ms = (1 << 62) if settle else self.watermark(EVENTS, idle) - self.horizon_ms
         if self.since is not None and self.newest_ts is not None:
             flush.retain_from = self.newest_ts - self.since
@@ -270,12 +287,26 @@ class Collector:
             flush.meta["newest_ts"] = repr(self.newest_ts)
         self.records = 0
         dropped = self.store.commit(flush)
+        self._evict()
         return Flushed(flush.offsets, flush.counts, dropped)
 
     def _load(self, user_ids: Iterable[str]) -> None:
-        missing = {u for u in user_ids if u not in self._users}
-        stored = self.store.users(missing)
-        for user_id in missing:
-            data = stored.get(user_id)
-            self._users[user_id] = (UserEvents.empty(self.schema) if data is None
-                                    else UserEvents.from_bytes(data, self.schema))
+        """Put these users last in the cache, reading from the store those not in it."""
+        missing = set()
+        for user_id in user_ids:
+            if user_id not in self._touched:
+                self._touched.add(user_id)
+                events = self._users.pop(user_id, None)
+                if events is None:
+                    missing.add(user_id)
+                else:
+                    self._users[user_id] = events
+        for user_id, (data, pending) in self.store.users(missing).items():
+            self._users[user_id] = UserEvents.from_bytes(data, self.schema, pending)
+        for user_id in missing.difference(self._users):
+            self._users[user_id] = UserEvents.empty(self.schema)
+
+    def _evict(self) -> None:
+        """Forget the least recently used users above CACHED_USERS (all written by now)."""
+        for user_id in list(itertools.islice(self._users, max(0, len(self._users) - CACHED_USERS))):
+            del self._users[user_id]

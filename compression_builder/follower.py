@@ -10,6 +10,7 @@ that is new or lost starts from the records stamped within the window (`now - si
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 import time
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ecseq.builder")
 
-FLUSH_RECORDS = 50_000  # ... or after this many records, whichever comes first
+FLUSH_RECORDS = 100_000  # ... or after this many records, whichever comes first
 FETCH_RECORDS = 5_000  # records taken from the consumer at once
 TOPICS_POLL = 5.0  # seconds between looks for topics that do not exist yet
 
@@ -52,6 +53,9 @@ class Follower:
         asyncio.run(self._follow(threading.Event(), until_end=True))
 
     async def _follow(self, stop: threading.Event, until_end: bool) -> None:
+        # The collector makes objects by the million; without this, every full collection of the
+        # garbage collector would walk all the process holds already (its modules, the serving model).
+        gc.freeze()
         kwargs = self.kafka.aiokafka()
         consumer = AIOKafkaConsumer(**kwargs, group_id=self.group, enable_auto_commit=False,
                                     auto_offset_reset="earliest", fetch_max_wait_ms=100)
@@ -63,7 +67,7 @@ class Follower:
                 return
             consumer.assign(tps)
             end = await consumer.end_offsets(tps)
-            await self._seek(consumer, tps, end)
+            await self._seek(consumer, tps, end, once=until_end)
             started = flushed = time.monotonic()
             behind = True
             while not stop.is_set():
@@ -103,8 +107,9 @@ class Follower:
                 said = True
             await asyncio.sleep(TOPICS_POLL)
 
-    async def _seek(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition], end: dict) -> None:
-        """Resume where the store's last flush ended; a new or lost store starts at `now - since`."""
+    async def _seek(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition], end: dict, once: bool) -> None:
+        """Resume where the store's last flush ended; a new or lost store starts at `now - since`.
+        `once`: a one-off build, whose store always starts empty (news only to a service)."""
         store = self.collector.store
         resume = store.offsets()
         start = None if resume or self.since is None else time.time() - self.since
@@ -112,9 +117,10 @@ class Follower:
             log.info("following %s from the window store's offsets", " and ".join(self.kinds))
         else:
             lost = self.group is not None and any([await consumer.committed(tp) is not None for tp in tps])
-            log.warning("window store %s is %s: rebuilding it from the topics' records %s", store.root,
-                        "lost (its consumer group has committed offsets)" if lost else "empty",
-                        "from the start" if start is None else f"stamped since {_iso(start)}")
+            log.log(logging.INFO if once else logging.WARNING,
+                    "window store %s is %s: rebuilding it from the topics' records %s", store.root,
+                    "lost (its consumer group has committed offsets)" if lost else "empty",
+                    "from the start" if start is None else f"stamped since {_iso(start)}")
         first = await first_offsets(consumer, [tp for tp in tps if (tp.topic, tp.partition) not in resume],
                                     start, end)
         for tp in tps:

@@ -49,6 +49,7 @@ STATE_FILE = "state.sqlite"
 LOCK_FILE = "LOCK"
 SEGMENTS = "segments"
 DAY_SECONDS = 86400
+WAL_BYTES = 64 << 20  # the write-ahead log is cut back to this after each checkpoint
 MAX_SEGMENTS_PER_DAY = 8  # more, or more dead rows than live ones, and the day is compacted into one
 CLASSES = (0, 1)
 SAMPLE_SCHEMA = pa.schema([("event_id", pa.string()), ("user_id", pa.string()), ("ts", pa.float64()),
@@ -111,6 +112,7 @@ class Flush:
 
     samples: dict[str, Sample] = field(default_factory=dict)  # the latest per event id
     users: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # user -> (state, pending events)
+    pending: dict[str, int] = field(default_factory=dict)  # user -> pending events, for users whose state is as held
     # labels waiting for their event: (event id, user id) -> (label, labelled_ms)
     early: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     early_done: set[tuple[str, str]] = field(default_factory=set)  # early labels now applied
@@ -167,6 +169,7 @@ class WindowStore:
             self._db = sqlite3.connect(self.root / STATE_FILE, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: a killed process loses no committed flush
+            self._db.execute(f"PRAGMA journal_size_limit={WAL_BYTES}")  # else the WAL keeps its largest size
             self._db.executescript(_TABLES)
         except (OSError, sqlite3.Error) as exc:
             if self._owner is not None:
@@ -195,8 +198,9 @@ class WindowStore:
     def offsets(self) -> dict[tuple[str, int], int]:
         return {(t, p): n for t, p, n in self._db.execute("SELECT topic, partition, next FROM offsets")}
 
-    def users(self, user_ids: Iterable[str]) -> dict[str, bytes]:
-        return self._many("SELECT user_id, state FROM users WHERE user_id IN ({})", user_ids)
+    def users(self, user_ids: Iterable[str]) -> dict[str, tuple[bytes, int]]:
+        """(state, pending events) of the users the store holds among these."""
+        return self._many("SELECT user_id, state, pending FROM users WHERE user_id IN ({})", user_ids, rest=True)
 
     def has_early(self, key: tuple[str, str]) -> bool:
         """Whether a label waits for this (event id, user id)."""
@@ -352,6 +356,7 @@ class WindowStore:
         expired: list[tuple[str, str]] = []
         db.executemany("INSERT OR REPLACE INTO users VALUES (?, ?, ?)",
                        [(u, s, p) for u, (s, p) in flush.users.items()])
+        db.executemany("UPDATE users SET pending = ? WHERE user_id = ?", [(p, u) for u, p in flush.pending.items()])
         db.executemany("DELETE FROM early_labels WHERE event_id = ? AND user_id = ?", list(flush.early_done))
         db.executemany("INSERT OR REPLACE INTO early_labels VALUES (?, ?, ?, ?)",
                        [(*key, *label) for key, label in flush.early.items()])

@@ -132,6 +132,9 @@ class UserHistory:
     def event_id(self, position: int) -> str:
         return self._ids[position]
 
+    def ts_at(self, position: int) -> float:
+        return float(self._ts[position])
+
     def event(self, position: int) -> Event:
         """The stored event at `position` (numerics as stored: float32 values, NaN = missing)."""
         values = [*self._values, None]
@@ -194,19 +197,24 @@ class UserHistory:
             self._codes = _insert(self._codes, position, np.array([row], dtype=np.int32))
             self._buffers = None
         if drop:
-            del self._ids[:drop]
-            if self._id_lengths is not None:
-                del self._id_lengths[:drop]
-            if self._uses is not None:
-                for code in self._codes[:drop].ravel().tolist():
-                    if code >= 0:
-                        self._uses[code] -= 1
-            self._ts, self._num, self._codes = self._ts[drop:], self._num[drop:], self._codes[drop:]
-            self._start += drop
-            if len(self._values) > 2 * self._codes.size + 16:  # values of dropped events pile up: forget them
-                self._compact()
+            self.drop_oldest(drop)
         self.user_id = event.user_id
         return position - drop
+
+    def drop_oldest(self, count: int) -> None:
+        """Forget the `count` oldest events, in place (copies are unaffected; the bytes' cached
+        sections stay current, so writing the history back stays cheap)."""
+        del self._ids[:count]
+        if self._id_lengths is not None:
+            del self._id_lengths[:count]
+        if self._uses is not None:
+            for code in self._codes[:count].ravel().tolist():
+                if code >= 0:
+                    self._uses[code] -= 1
+        self._ts, self._num, self._codes = self._ts[count:], self._num[count:], self._codes[count:]
+        self._start += count
+        if len(self._values) > 2 * self._codes.size + 16:  # values of dropped events pile up: forget them
+            self._compact()
 
     def _append_row(self, ts: float, numeric: list[float], codes: list[int]) -> None:
         """Write an event after the last one: into the spare rows of this history's own buffers (the
@@ -261,20 +269,25 @@ class UserHistory:
         return UserHistory(self.schema, self.user_id, self._ids[count:], self._ts[count:], self._num[count:],
                            self._codes[count:], list(self._values))
 
-    def select(self, positions: Sequence[int]) -> UserHistory:
-        """A copy holding only the events at `positions` (ascending): how a window looked before
-        events that arrived later, out of time order, were inserted into it. Its values are numbered
-        in order of first use, so the same events give the same bytes whatever this history saw."""
+    def selected_bytes(self, positions: Sequence[int]) -> bytes:
+        """The bytes of a history holding only the events at `positions` (ascending): how a window
+        looked before events that arrived later, out of time order, were inserted into it. Its values
+        are numbered in order of first use, so the same events give the same bytes whatever this
+        history saw. Built without the copy: the builder makes one per labelled event."""
         first, last = positions[0], positions[-1]
-        rows: slice | np.ndarray = (slice(first, last + 1) if last - first + 1 == len(positions)  # the usual case
-                                    else np.asarray(positions, dtype=np.int64))
+        contiguous = last - first + 1 == len(positions)  # the usual case
+        rows: slice | np.ndarray = slice(first, last + 1) if contiguous else np.asarray(positions, dtype=np.int64)
         codes = self._codes[rows]
         order = list(dict.fromkeys(codes[codes >= 0].ravel().tolist()))
         renumber = np.full(len(self._values) + 1, -1, dtype=np.int32)  # the last slot: -1 (missing) stays
         renumber[order] = np.arange(len(order), dtype=np.int32)
-        ids = self._ids[rows] if isinstance(rows, slice) else [self._ids[i] for i in positions]
-        return UserHistory(self.schema, self.user_id, ids, self._ts[rows], self._num[rows], renumber[codes],
-                           [self._values[i] for i in order])
+        ids = self._ids[first:last + 1] if contiguous else [self._ids[i] for i in positions]
+        lengths = (self._id_lengths[first:last + 1] if contiguous and self._id_lengths is not None
+                   else array("H", _lengths(ids, "event id")))
+        values = [self._values[i] for i in order]
+        return self._bytes(ids, lengths, self._ts[rows], self._num[rows],
+                           struct.pack("<I", len(values)) + _strings(values, "categorical value"), len(values),
+                           renumber[codes])
 
     def with_schema(self, schema: EventSchema) -> UserHistory:
         """The same events under another schema: columns matched by name; a column the history
@@ -303,18 +316,24 @@ class UserHistory:
             self._id_lengths = array("H", _lengths(self._ids, "event id"))
         if self._values_bytes is None:
             self._values_bytes = struct.pack("<I", len(self._values)) + _strings(self._values, "categorical value")
-        width = 1 if len(self._values) <= 0xFF else 2 if len(self._values) <= 0xFFFF else 4
+        return self._bytes(self._ids, self._id_lengths, self._ts, self._num, self._values_bytes, len(self._values),
+                           self._codes)
+
+    def _bytes(self, ids: list[str], id_lengths: array, ts: np.ndarray, numeric: np.ndarray, values_bytes: bytes,
+               n_values: int, codes: np.ndarray) -> bytes:
+        """The layout of the module docstring, from the sections' parts."""
+        width = 1 if n_values <= 0xFF else 2 if n_values <= 0xFFFF else 4
         body = b"".join([
             _header(self.schema),
             _strings([self.user_id or ""], "user id"),
-            struct.pack("<H", len(self)),
-            _little_endian(self._id_lengths),
-            "".join(self._ids).encode("utf-8"),
-            self._ts.astype("<f8", copy=False).tobytes(),
-            self._num.astype("<f4", copy=False).tobytes(),
-            self._values_bytes,
+            struct.pack("<H", len(ids)),
+            _little_endian(id_lengths),
+            "".join(ids).encode("utf-8"),
+            ts.astype("<f8", copy=False).tobytes(),
+            numeric.astype("<f4", copy=False).tobytes(),
+            values_bytes,
             struct.pack("<B", width),
-            self._codes.astype(_CODE_TYPES[width]).tobytes(),  # -1 wraps to all ones: missing
+            codes.astype(_CODE_TYPES[width]).tobytes(),  # -1 wraps to all ones: missing
         ])
         return body + struct.pack("<I", zlib.crc32(body))
 

@@ -300,9 +300,9 @@ def produce_json(
     _run(job, timeout, f"produce to {topic!r}")
 
 
-async def _read_ranges(consumer: AIOKafkaConsumer, config: KafkaClientConfig, topic: str, since: float | None,
+async def _read_ranges(consumer: AIOKafkaConsumer, config: KafkaClientConfig, topic: str,
                        timeout: float) -> dict[TopicPartition, tuple[int, int]]:
-    """Per partition of `topic`: (first offset to read, end offset now); none if the topic does not exist."""
+    """Per partition of `topic`: (first offset, end offset now); none if the topic does not exist."""
     # the consumer's own topics() does not fill in partitions_for_topic
     partitions = (await partition_counts(config, timeout)).get(topic, 0)
     if not partitions:
@@ -310,7 +310,7 @@ async def _read_ranges(consumer: AIOKafkaConsumer, config: KafkaClientConfig, to
     await consumer.start()
     tps = [TopicPartition(topic, p) for p in range(partitions)]
     end = await consumer.end_offsets(tps)
-    first = await first_offsets(consumer, tps, since, end)
+    first = await consumer.beginning_offsets(tps)
     return {tp: (first[tp], end[tp]) for tp in tps}
 
 
@@ -324,9 +324,8 @@ async def first_offsets(consumer: AIOKafkaConsumer, tps: list[TopicPartition], s
     return {tp: end[tp] if found[tp] is None else found[tp].offset for tp in tps}
 
 
-def read_topic(client: Client, topic: str, timeout: float = 30.0, since: float | None = None) -> list[Record]:
-    """Every record in ``topic`` up to its end offsets when the read began, by (partition, offset);
-    with ``since`` (epoch seconds), only from each partition's first record stamped at or after it.
+def read_topic(client: Client, topic: str, timeout: float = 30.0) -> list[Record]:
+    """Every record in ``topic`` up to its end offsets when the read began, by (partition, offset).
 
     No consumer group and no commits, so it never disturbs the app's groups. A topic
     that does not exist holds no records: returns ``[]`` (and does not create it). ``timeout``
@@ -341,7 +340,7 @@ def read_topic(client: Client, topic: str, timeout: float = 30.0, since: float |
                                     request_timeout_ms=_request_timeout_ms(timeout))
         try:
             try:
-                ranges = await asyncio.wait_for(_read_ranges(consumer, config, topic, since, timeout), timeout)
+                ranges = await asyncio.wait_for(_read_ranges(consumer, config, topic, timeout), timeout)
             except TimeoutError:
                 raise TimeoutError(f"read {topic!r}: its offsets did not come within {timeout:g}s") from None
             todo = [tp for tp, (first, end) in ranges.items() if end > first]

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from compression_builder import collector as collector_module
 from compression_builder.collector import Collector, UserEvents
 from compression_builder.sources import samples_table
 from compression_builder.window_store import Caps, Sample, WindowStore, day_of
@@ -133,10 +134,11 @@ def _expected(events: dict[str, list[Record]], labels: list[Record], window: int
     return {(e, value, held[e][3]) for e, value in latest.items() if day_of(held[e][1]) >= first_day}
 
 
-def test_samples_do_not_depend_on_interleaving_batches_or_flushes(tmp_path):
+def test_samples_do_not_depend_on_interleaving_batches_flushes_or_the_users_cached(tmp_path, monkeypatch):
     events, labels = _workload(random.Random(7))
     results, event_counts = [], []
     for run in range(4):
+        monkeypatch.setattr(collector_module, "CACHED_USERS", (0, 1, 3, 10_000)[run])  # every user read back .. none
         store = _feed(tmp_path / f"run{run}", events, labels, random.Random(100 + run))
         results.append(sample_set(store))
         event_counts.append({key: n for key, n in store.counts().items() if key[0] == "events"})
@@ -286,7 +288,7 @@ def test_events_beyond_the_horizon_are_pruned_but_the_context_stays(tmp_path):
     coll.labels([(label("e9", "u", 1), 9500)])  # labels now reach 8500: only e9 can still be labelled
     coll.flush()
     assert coll.store.stats().pending == 1
-    held = UserEvents.from_bytes(coll.store.users(["u"])["u"], SCHEMA)
+    held = UserEvents.from_bytes(coll.store.users(["u"])["u"][0], SCHEMA)
     assert held.history.event_ids == ("e7", "e8", "e9")  # the L - 1 before e9 stay
     coll.events([(event("e10", "u", T0 + 10), 10_000)])
     coll.labels([(label("e10", "u", 0), 10_100)])

@@ -177,6 +177,34 @@ def test_bytes_kept_up_to_date_across_appends_equal_bytes_built_afresh():
             _same(UserHistory.from_bytes(history.to_bytes(), SCHEMA), history)
 
 
+def test_selected_bytes_and_drops_in_place_equal_histories_built_afresh():
+    # the builder's windows: the bytes of some of a history's events (contiguous or not, after late
+    # events, drops and to_bytes' kept sections) equal those of a history holding just them, values
+    # numbered by first use; a drop in place equals a copy without the oldest
+    rng = np.random.default_rng(11)
+    history, limit = UserHistory.empty(SCHEMA), 12
+    for i in range(400):
+        event = Event(f"é{i}" if i % 7 == 0 else f"e{i}", "u1", float(i) - float(rng.integers(0, 4)),
+                      (float(i), math.nan if i % 6 == 0 else 1.0),
+                      (None if i % 5 == 0 else f"c{rng.integers(0, 9)}", f"m{rng.integers(0, 3)}"))
+        if history.append(event, limit) == NOT_KEPT:
+            continue
+        if i % 4 == 0:
+            history.to_bytes()
+        n = len(history)
+        first = int(rng.integers(0, n))
+        positions = list(range(first, n)) if i % 2 else sorted(
+            rng.choice(np.arange(first, n), size=int(rng.integers(1, n - first + 1)), replace=False).tolist())
+        afresh = UserHistory.empty(SCHEMA)
+        for position in positions:
+            afresh.append(history.event(position), limit)
+        assert history.selected_bytes(positions) == afresh.to_bytes(), i
+        if i % 9 == 0 and n > 2:
+            expected = history.without_oldest(2).to_bytes()
+            history.drop_oldest(2)
+            assert history.to_bytes() == expected, i
+
+
 def test_many_distinct_values_widen_the_codes():
     history = UserHistory.empty(SCHEMA)
     for i in range(300):

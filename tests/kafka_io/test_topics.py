@@ -157,25 +157,6 @@ def test_helpers_work_inside_a_running_event_loop(
     assert [r.json() for r in asyncio.run(main())] == [1, 2]
 
 
-def test_read_from_a_time_starts_at_each_partitions_first_record_stamped_then(
-    broker: KafkaCluster, topic_names: TopicNames
-) -> None:
-    name = topic_names("since")
-    ensure_topics(broker.bootstrap, {name: 3})
-    produce_json(broker.bootstrap, name, [(f"user-{i}", {"old": i}) for i in range(30)])
-    time.sleep(0.05)
-    cut = time.time()
-    time.sleep(0.05)
-    produce_json(broker.bootstrap, name, [(f"user-{i}", {"new": i}) for i in range(30)])
-
-    newer = read_topic(broker.bootstrap, name, since=cut)
-    assert sorted(r.json()["new"] for r in newer) == list(range(30))
-    assert all(r.timestamp_ms >= cut * 1000 for r in newer)
-    everything = read_topic(broker.bootstrap, name)
-    assert len(everything) == 60 and newer == [r for r in everything if "new" in r.json()]
-    assert read_topic(broker.bootstrap, name, since=time.time() + 60) == []  # nothing stamped that late
-
-
 @pytest.mark.parametrize("helper", ["read_topic", "produce_json", "ensure_topics", "topic_partitions"])
 def test_unreachable_broker_fails_fast_and_says_so(helper: str) -> None:
     address = f"127.0.0.1:{free_port()}"
