@@ -1,10 +1,11 @@
 """The builder's follower: the events and labels topics, read continuously into the window store.
 
 It reads every partition of both topics (one builder serves all worker replicas) in its own
-consumer group. Where to resume is the window store's: the offsets are written in the same
-transaction as the state they produced, so a killed follower neither loses nor repeats a record.
-The group's committed offsets follow each flush, for the lag a Kafka operator watches; a store
-that is new or lost starts from the records stamped within the window (`now - since`).
+consumer group, and looks every minute for partitions added since it started. Where to resume is
+the window store's: the offsets are written in the same transaction as the state they produced, so
+a killed follower neither loses nor repeats a record. The group's committed offsets follow each
+flush, for the lag a Kafka operator watches; a store that is new or lost starts from the records
+stamped within the window (`now - since`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ log = logging.getLogger("ecseq.builder")
 FLUSH_RECORDS = 100_000  # ... or after this many records, whichever comes first
 FETCH_RECORDS = 5_000  # records taken from the consumer at once
 TOPICS_POLL = 5.0  # seconds between looks for topics that do not exist yet
+PARTITIONS_POLL = 60.0  # seconds between looks for partitions added to the topics while following
 
 
 class Follower:
@@ -68,9 +70,11 @@ class Follower:
             consumer.assign(tps)
             end = await consumer.end_offsets(tps)
             await self._seek(consumer, tps, end, once=until_end)
-            started = flushed = time.monotonic()
+            started = flushed = looked = time.monotonic()
             behind = True
             while not stop.is_set():
+                if not behind and time.monotonic() - looked >= PARTITIONS_POLL:
+                    tps, looked = await self._added(consumer, tps), time.monotonic()
                 if behind and all([await consumer.position(tp) >= end[tp] for tp in tps]):
                     behind = False
                     await self._flush(consumer)
@@ -106,6 +110,27 @@ class Follower:
                 log.info("waiting for topic(s) %s on %s", ", ".join(missing), self.kafka.bootstrap)
                 said = True
             await asyncio.sleep(TOPICS_POLL)
+
+    async def _added(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> list[TopicPartition]:
+        """Also follow the partitions added to the topics since the start, from their beginning (all
+        their records came after it); returns every partition followed."""
+        counts = await partition_counts(self.kafka)
+        new = [TopicPartition(topic, p) for topic in self.kinds for p in range(counts.get(topic, 0))
+               if TopicPartition(topic, p) not in tps]
+        if not new:
+            return tps
+        positions = {tp: await consumer.position(tp) for tp in tps}
+        consumer.assign(tps + new)  # a new assignment forgets every position: all are set again here
+        for tp, offset in positions.items():
+            consumer.seek(tp, offset)
+        first = await first_offsets(consumer, new, None, {})
+        for tp in new:
+            consumer.seek(tp, first[tp])
+            self.collector.consumed(tp.topic, tp.partition, first[tp])
+            self.collector.reads(self.kinds[tp.topic], (tp.topic, tp.partition))
+        log.info("following %d partition(s) added since the start: %s", len(new),
+                 ", ".join(f"{tp.topic}/{tp.partition}" for tp in new))
+        return tps + new
 
     async def _seek(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition], end: dict, once: bool) -> None:
         """Resume where the store's last flush ended; a new or lost store starts at `now - since`.

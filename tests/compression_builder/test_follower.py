@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import NewPartitions
 
+from compression_builder import follower as follower_module
 from compression_builder.collector import Collector
 from compression_builder.follower import Follower
 from compression_builder.window_store import Caps, WindowStore
@@ -27,7 +29,7 @@ from ecseq.decoding import EventSchema
 from ecseq.history import UserHistory
 from ecseq_cli import main
 from kafka_io.client import KafkaClientConfig
-from kafka_io.topics import ensure_topics, produce_json, read_topic
+from kafka_io.topics import admin_client, ensure_topics, produce_json, read_topic
 from tests.builds import FAST
 
 SCHEMA = EventSchema(("amount",), ("channel",))
@@ -38,16 +40,18 @@ CHANNELS = ("web", "app", "pos")
 Stamped = tuple[int, str, object]  # (Kafka timestamp in ms, key, value: a dict, raw bytes or None)
 
 
-def _produce_stamped(bootstrap: str, topic: str, records: Sequence[Stamped]) -> None:
+def _produce_stamped(bootstrap: str, topic: str, records: Sequence[Stamped], partition: int | None = None) -> None:
     """Send records with explicit Kafka timestamps, in order, and wait for every acknowledgement
-    (produce_json stamps records with the time they are sent; these tests need event and label times)."""
+    (produce_json stamps records with the time they are sent; these tests need event and label times);
+    to `partition` if given, else by key."""
 
     async def send_all() -> None:
         producer = AIOKafkaProducer(**KafkaClientConfig.of(bootstrap).aiokafka(), acks="all")
         await producer.start()
         try:
             sent = [await producer.send(topic, value if value is None or isinstance(value, bytes)
-                                        else json.dumps(value).encode(), key=key.encode(), timestamp_ms=stamp)
+                                        else json.dumps(value).encode(), key=key.encode(), timestamp_ms=stamp,
+                                        partition=partition)
                     for stamp, key, value in records]
             await asyncio.gather(*sent)
         finally:
@@ -231,6 +235,60 @@ def test_the_followers_window_store_equals_a_kafka_free_replay_of_the_same_recor
     finally:
         followed.close()
         replayed.close()
+
+
+def _add_partitions(bootstrap: str, topics: Sequence[str], total: int) -> None:
+    async def add() -> None:
+        async with admin_client(bootstrap, 30.0) as admin:
+            await admin.create_partitions({topic: NewPartitions(total_count=total) for topic in topics})
+
+    asyncio.run(add())
+
+
+def test_partitions_added_while_following_are_followed_from_their_beginning(broker, topic_names, tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.setattr(follower_module, "PARTITIONS_POLL", 0.2)
+    events, labels = topic_names("events"), topic_names("labels")
+    ensure_topics(broker.bootstrap, {events: 1, labels: 1})
+    base = int(time.time() * 1000) - 60_000
+    _produce_stamped(broker.bootstrap, events, [(base + i, "u1", _event(f"a{i}", "u1", 1000.0 + i, 1.0, "web"))
+                                                for i in range(3)])
+    store = WindowStore(tmp_path / "store", Caps(negatives=100, positives=100))
+    caught_up, stop, failed = threading.Event(), threading.Event(), []
+    follower = Follower(KafkaClientConfig.of(broker.bootstrap), events, labels,
+                        Collector(store, SCHEMA, WINDOW, HORIZON_MS, since=None), group=None,  # no committed
+                        since=None, flush_every=0.05, caught_up=caught_up)  # offsets to fall back on: positions kept
+
+    def run() -> None:
+        try:
+            follower.run(stop)
+        except BaseException as exc:  # the test's thread reports it
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, name="follower")
+    thread.start()
+    try:
+        assert caught_up.wait(30), "the follower did not catch up"
+        _add_partitions(broker.bootstrap, [events, labels], 2)
+        _produce_stamped(broker.bootstrap, events, [(base + 10 + i, "u2", _event(f"b{i}", "u2", 2000.0 + i, 2.0, "app"))
+                                                    for i in range(3)], partition=1)
+        _produce_stamped(broker.bootstrap, labels, [(base + 20, "u1", _label("a2", "u1", 1)),
+                                                    (base + 21, "u2", _label("b2", "u2", 0))], partition=1)
+        deadline = time.monotonic() + 30
+        while sum(follower.ingested.values()) < 8 and time.monotonic() < deadline and not failed:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive() and not failed, failed
+    try:
+        assert follower.ingested == Counter({"events": 6, "labels": 2})  # partition 0 was not read again
+        assert store.offsets() == {(events, 0): 3, (events, 1): 3, (labels, 0): 0, (labels, 1): 2}
+        windows = {s.event_id: (s.label, UserHistory.from_bytes(s.window, SCHEMA).event_ids) for s in store.samples()}
+        assert windows == {"a2": (1, ("a0", "a1", "a2")), "b2": (0, ("b0", "b1", "b2"))}
+        assert not store.counts()
+    finally:
+        store.close()
 
 
 # -- a rebuild from Kafka equals the build from the same events in a file ------------------------------------
