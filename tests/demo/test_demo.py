@@ -92,8 +92,15 @@ def test_demo_runs_end_to_end_and_leaves_nothing_running(work: Path) -> None:
     assert wait_gone(pids) == {}
 
 
+def _as_at_a_terminal() -> None:
+    """A run in the background of a shell inherits SIGINT ignored (and keeps it ignored through exec):
+    this test is a Ctrl-C at a terminal, whatever started the test suite."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_once_the_worker_is_ready_exits_130_and_stops_every_child(work: Path) -> None:
-    demo = subprocess.Popen(demo_command(work), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    demo = subprocess.Popen(demo_command(work), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_as_at_a_terminal)  # noqa: PLW1509 - a signal disposition only
     try:
         output = _read_until(demo, READY_MARKER, timeout=120)
         demo.send_signal(signal.SIGINT)
