@@ -277,6 +277,7 @@ class Collector:
                 flush.users[user_id] = (events.to_bytes(), pending)
             elif pending != events.pending:
                 flush.pending[user_id] = pending
+            flush.pending_change += pending - events.pending
             events.pending = pending
         self._touched, self._changed = set(), set()
         flush.early_expire_before_ms = (1 << 62) if settle else self.watermark(EVENTS, idle) - self.horizon_ms

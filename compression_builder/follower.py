@@ -123,7 +123,7 @@ class Follower:
         consumer.assign(tps + new)  # a new assignment forgets every position: all are set again here
         for tp, offset in positions.items():
             consumer.seek(tp, offset)
-        first = await first_offsets(consumer, new, None, {})
+        first = await consumer.beginning_offsets(new)
         for tp in new:
             consumer.seek(tp, first[tp])
             self.collector.consumed(tp.topic, tp.partition, first[tp])

@@ -113,6 +113,7 @@ class Flush:
     samples: dict[str, Sample] = field(default_factory=dict)  # the latest per event id
     users: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # user -> (state, pending events)
     pending: dict[str, int] = field(default_factory=dict)  # user -> pending events, for users whose state is as held
+    pending_change: int = 0  # in the store's total of pending events (the users' counts above minus the held)
     # labels waiting for their event: (event id, user id) -> (label, labelled_ms)
     early: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     early_done: set[tuple[str, str]] = field(default_factory=set)  # early labels now applied
@@ -177,6 +178,7 @@ class WindowStore:
             raise WindowStoreError(f"cannot use window store {self.root}: {getattr(exc, 'strerror', None) or exc}") \
                 from None
         self._early = {(e, u) for e, u in self._db.execute("SELECT event_id, user_id FROM early_labels")}
+        self._pending = int(self._db.execute("SELECT COALESCE(SUM(pending), 0) FROM users").fetchone()[0])
         self._thresholds = {label: self._threshold(label) for label in CLASSES}
         self._remove_orphans()
 
@@ -256,7 +258,8 @@ class WindowStore:
                     self._retain(db, day_of(flush.retain_from), dropped, obsolete)
                 expired = self._apply_state(db, flush)
                 gone = self._empty_segments(db, obsolete)
-            self._early.difference_update(flush.early_done)  # once committed: a failed flush changes nothing here
+            self._pending += flush.pending_change  # once committed: a failed flush changes nothing here
+            self._early.difference_update(flush.early_done)
             self._early.update(flush.early)
             self._early.difference_update(expired)
             self._unlink(gone)
@@ -448,8 +451,7 @@ class WindowStore:
             oldest, newest = self._db.execute("SELECT MIN(ts), MAX(ts) FROM samples").fetchone()
             segment_bytes = self._db.execute("SELECT COALESCE(SUM(bytes), 0) FROM segments").fetchone()[0]
             state_bytes = sum(p.stat().st_size for p in self.root.glob(STATE_FILE + "*"))
-            pending = self._db.execute("SELECT COALESCE(SUM(pending), 0) FROM users").fetchone()[0]
-            return StoreStats(per_class, int(segment_bytes + state_bytes), oldest, newest, int(pending))
+            return StoreStats(per_class, int(segment_bytes + state_bytes), oldest, newest, self._pending)
 
 
 def _own(path: Path) -> int:
